@@ -1,0 +1,3 @@
+from pairuni.cli import main
+
+main()
