@@ -57,9 +57,7 @@ def config_check(config: ConfigOption = None, set_: SetOption = None) -> None:
 
 @config_app.command("docs")
 def config_docs(
-    out: Annotated[
-        Path | None, typer.Option(help="Write here instead of standard output.")
-    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write here instead of standard output.")] = None,
     check: Annotated[
         bool, typer.Option("--check", help="Exit 1 if OUT differs from what would be written.")
     ] = False,

@@ -205,7 +205,11 @@ def default_text(info: Any) -> str:
         return "required"
     if isinstance(value, BaseModel):
         return "(section)"
-    return "`" + yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip() + "`"
+    return (
+        "`"
+        + yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        + "`"
+    )
 
 
 def dump_config(cfg: BaseModel) -> str:
@@ -241,7 +245,9 @@ def render_section(model: type[BaseModel], prefix: str, level: int) -> list[str]
             children.append((key, child))
             continue
         doc = " ".join((info.description or "").split())
-        leaves.append(f"- **`{key}`** ({type_name(info.annotation)}, default {default_text(info)}): {doc}")
+        leaves.append(
+            f"- **`{key}`** ({type_name(info.annotation)}, default {default_text(info)}): {doc}"
+        )
     if leaves:
         lines += [*leaves, ""]
     for key, child in children:
