@@ -89,7 +89,7 @@ def load_builtin_rewards() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from pairuni.rewards import generation, server, understanding  # noqa: F401
+    from pairuni.rewards import generation, server, shapes, understanding  # noqa: F401
 
 
 def registered_rewards() -> dict[str, RegisteredReward]:
