@@ -15,9 +15,28 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 OPTION_LETTERS = "ABCDEFGHIJ"
+
+
+class FieldValueError(ValueError):
+    """A validation error found by a whole-record check that belongs to one field.
+
+    Pydantic reports errors raised in a model validator at the record level; readers look up
+    `field` (dotted, e.g. ``und_options.2``) so that the message names the field to fix.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ImageRef(BaseModel):
@@ -36,6 +55,8 @@ class ImageRef(BaseModel):
     def _one_of(self) -> ImageRef:
         if self.path is None and self.data is None:
             raise ValueError("an image needs a `path` or `bytes`")
+        if self.path == "":
+            raise FieldValueError("path", "the image path is empty")
         return self
 
     @model_validator(mode="before")
@@ -44,8 +65,20 @@ class ImageRef(BaseModel):
         if isinstance(value, str | Path):
             return {"path": str(value)}
         if isinstance(value, dict) and isinstance(value.get("bytes"), str):
-            return {**value, "bytes": base64.b64decode(value["bytes"])}
+            try:
+                # validate=True: a stray character is an error, not silently dropped bytes.
+                data = base64.b64decode(value["bytes"], validate=True)
+            except ValueError as err:
+                raise FieldValueError(
+                    "bytes", f"embedded image bytes are not valid base64 ({err})"
+                ) from None
+            return {**value, "bytes": data}
         return value
+
+    @field_serializer("data", when_used="json")
+    def _base64(self, data: bytes | None) -> str | None:
+        """JSON has no bytes: embedded images are written as base64 text (read back above)."""
+        return None if data is None else base64.b64encode(data).decode("ascii")
 
     def resolve(self, base_dir: Path | None) -> Path | None:
         """The file this reference points to, relative paths taken from `base_dir`."""
@@ -79,16 +112,31 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
-def _check_options(options: list[str], answer: str | None) -> None:
+def _check_options(
+    options: list[str], answer: str | None, options_field: str, answer_field: str
+) -> None:
+    """Multiple-choice consistency; errors name the offending field (e.g. `und_options.2`)."""
     if len(options) > len(OPTION_LETTERS):
-        raise ValueError(f"at most {len(OPTION_LETTERS)} options are supported")
-    if len(set(options)) != len(options):
-        raise ValueError("options must be distinct")
+        raise FieldValueError(
+            options_field,
+            f"{len(options)} options given, at most {len(OPTION_LETTERS)} are supported",
+        )
+    seen: dict[str, int] = {}
+    for index, option in enumerate(options):
+        if not option.strip():
+            raise FieldValueError(f"{options_field}.{index}", "an option is empty")
+        if option in seen:
+            raise FieldValueError(
+                f"{options_field}.{index}",
+                f"option {option!r} repeats option {seen[option]}; options must be distinct",
+            )
+        seen[option] = index
     if options and answer is not None and answer not in OPTION_LETTERS[: len(options)]:
         letters = OPTION_LETTERS[: len(options)]
-        raise ValueError(
+        raise FieldValueError(
+            answer_field,
             f"answer {answer!r} is not one of the option letters {', '.join(letters)}; "
-            "for multiple choice the answer is the letter of the correct option"
+            "for multiple choice the answer is the letter of the correct option",
         )
 
 
@@ -96,7 +144,7 @@ class UnderstandingSample(Record):
     """(image, question, answer): a multiple-choice question when `options` is non-empty (the
     answer is then a letter A, B, ...), otherwise an open question with a free-form answer."""
 
-    id: str
+    id: str = Field(min_length=1)
     image: ImageRef
     question: str = Field(min_length=1)
     options: list[str] = Field(default_factory=list)
@@ -106,14 +154,14 @@ class UnderstandingSample(Record):
 
     @model_validator(mode="after")
     def _options(self) -> UnderstandingSample:
-        _check_options(self.options, self.answer)
+        _check_options(self.options, self.answer, "options", "answer")
         return self
 
 
 class GenerationSample(Record):
     """(prompt, image): a text-to-image sample; the image is what the prompt describes."""
 
-    id: str
+    id: str = Field(min_length=1)
     prompt: str = Field(min_length=1)
     image: ImageRef | None = None
     category: str | None = None
@@ -127,7 +175,7 @@ class Quadruple(Record):
     generation sample gained a `question`/`options`/`answer`.
     """
 
-    id: str
+    id: str = Field(min_length=1)
     origin: Literal["understanding", "generation"]
     image: ImageRef
     prompt: str = Field(min_length=1)
@@ -139,7 +187,7 @@ class Quadruple(Record):
 
     @model_validator(mode="after")
     def _options(self) -> Quadruple:
-        _check_options(self.options, self.answer)
+        _check_options(self.options, self.answer, "options", "answer")
         return self
 
 
@@ -151,7 +199,7 @@ class Pair(Record):
     cosine similarity `similarity` (s_p) of their image features.
     """
 
-    pair_id: str
+    pair_id: str = Field(min_length=1)
     kind: Literal["aligned", "retrieved"]
     similarity: float | None = None
     """s_p for retrieved pairs (cosine of image features, in [0, 1]); 1.0 for aligned pairs."""
@@ -181,21 +229,28 @@ class Pair(Record):
 
     @model_validator(mode="after")
     def _consistent(self) -> Pair:
-        _check_options(self.und_options, self.und_answer)
+        _check_options(self.und_options, self.und_answer, "und_options", "und_answer")
         if self.kind == "aligned":
             if self.similarity is None:
                 self.similarity = 1.0
             if self.weight is None:
                 self.weight = 1.0
             if self.weight != 1.0:
-                raise ValueError(f"an aligned pair has weight 1, got {self.weight}")
-        else:
-            if self.similarity is None:
-                raise ValueError("a retrieved pair needs its `similarity` (s_p)")
-            if not 0.0 <= self.similarity <= 1.0:
-                raise ValueError(f"similarity must be in [0, 1], got {self.similarity}")
-            if self.weight is None:
-                self.weight = math.sqrt(self.similarity)
+                raise FieldValueError(
+                    "weight", f"an aligned pair has weight 1, got {self.weight}; omit `weight`"
+                )
+        elif self.similarity is None:
+            raise FieldValueError(
+                "similarity",
+                "a retrieved pair needs its `similarity` (s_p, the cosine of the two images' "
+                "features, in [0, 1])",
+            )
+        if not 0.0 <= self.similarity <= 1.0:
+            raise FieldValueError(
+                "similarity", f"similarity must be in [0, 1], got {self.similarity}"
+            )
+        if self.weight is None:
+            self.weight = math.sqrt(self.similarity)
         if not 0.0 <= self.weight <= 1.0:
-            raise ValueError(f"weight must be in [0, 1], got {self.weight}")
+            raise FieldValueError("weight", f"weight must be in [0, 1], got {self.weight}")
         return self
