@@ -26,7 +26,9 @@ class AlgoConfig(Section):
     advantage_scale: Literal["group", "batch", "none"] = "group"
     """How a reward minus its group mean is scaled: `group` divides by the group's standard
     deviation (GRPO), `batch` by the standard deviation of the whole task batch, `none` leaves it
-    unscaled (Dr. GRPO). A group whose rewards are all equal always gets zero advantage."""
+    unscaled (Dr. GRPO). Standard deviations are sample (n - 1) ones, as in TRL. A group whose
+    valid rewards are all equal (or fewer than two) gets exactly zero advantage, and a NaN reward
+    (unscorable) gets zero and is left out of the means and standard deviations."""
 
     advantage_epsilon: float = Field(1e-4, ge=0.0)
     """Added to the standard deviation before dividing, as in TRL and CoRL (1e-4)."""
@@ -49,7 +51,8 @@ class AlgoConfig(Section):
 
     importance_sampling_level: Literal["token", "sequence"] = "token"
     """`token`: one importance ratio per token (PPO / GRPO). `sequence`: the ratio is the
-    exponentiated mean log-ratio of the sequence, shared by its tokens (GSPO)."""
+    exponentiated mean log-ratio of the sequence, shared by its tokens (GSPO; computed as
+    GSPO-token, so each token's gradient flows through its own log-prob)."""
 
     beta: float = Field(0.0, ge=0.0)
     """KL coefficient to the reference model. 0 (the paper's default) needs no reference model."""
@@ -66,7 +69,10 @@ class AlgoConfig(Section):
     `seq-mean-token-mean` (GRPO: mean over a sequence's tokens, then over sequences),
     `token-mean` (DAPO: mean over all tokens of the task in the global batch),
     `seq-mean-token-sum-norm` (Dr. GRPO: token sums divided by a constant length, then mean over
-    sequences). Each gives the same gradient however a batch is split into micro-batches."""
+    sequences). The trainer passes each task's sequence and token counts of the whole optimiser
+    batch, so every mode gives the same gradient however a batch is split into micro-batches.
+    Dr. GRPO's constant is the task's maximum length (max new tokens for text, 576 image tokens
+    for Janus-Pro)."""
 
     und_loss_weight: float = Field(1.0, ge=0.0)
     """Weight of the understanding loss in the PairGRPO objective (the paper: 1)."""
