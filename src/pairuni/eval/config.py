@@ -5,11 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pairuni.configbase import Section
 from pairuni.eval.geneval import GenEvalRules
 from pairuni.eval.wise import JudgeConfig
+
+BenchmarkName = Literal["mmmu", "mmstar", "mme", "pope", "geneval", "wise"]
+BENCHMARK_NAMES: tuple[str, ...] = ("mmmu", "mmstar", "mme", "pope", "geneval", "wise")
+"""Every benchmark `pairuni eval` knows, in the paper's order."""
 
 
 class EvalConfig(Section):
@@ -17,7 +21,8 @@ class EvalConfig(Section):
     each benchmark once and point its directory here; a missing directory is an error that says
     where to get it and how to lay it out."""
 
-    data_root: Path = Path("data/benchmarks")
+    # A str default (validated into a Path) so that the docs renderer can print it.
+    data_root: Path = Field("data/benchmarks")
     """Directory holding one folder per benchmark (mmmu, mmstar, mme, pope, geneval, wise).
     Each `*_dir` below that is `null` means `<data_root>/<benchmark>`."""
 
@@ -62,6 +67,67 @@ class EvalConfig(Section):
 
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     """The OpenAI-compatible judge of WISE."""
+
+    # ----------------------------------------------------------------- the runner (`pairuni eval`)
+
+    benchmarks: list[BenchmarkName] = Field(default_factory=lambda: list(BENCHMARK_NAMES))
+    """Benchmarks `pairuni eval` runs when `--benchmarks` is not given, in the paper's order:
+    mmmu, mmstar, mme, pope (Table 1), geneval (Table 3), wise (Table 2)."""
+
+    out_dir: Path | None = None
+    """Where a run writes its outputs (`--out`): `<benchmark>/predictions.jsonl`, generated images,
+    `results.json`, `results.md`. `null`: `runs/eval/<name of the model directory>`."""
+
+    seed: int = 0
+    """Seed of generation sampling. Each batch gets its own generator, seeded from this seed, the
+    benchmark and the batch's first sample id, so a resumed run repeats an uninterrupted one
+    exactly (for the same batch sizes)."""
+
+    und_batch_size: int = Field(16, ge=1)
+    """Understanding questions answered per forward batch."""
+
+    gen_batch_size: int = Field(4, ge=1)
+    """Generation prompts per batch; a batch holds `gen_batch_size x images per prompt` images
+    (twice the rows with CFG)."""
+
+    greedy_understanding: bool = True
+    """Decode understanding answers greedily (VLMEvalKit's `do_sample=False`, the usual protocol
+    of Janus-Pro's MMMU, MMStar, MME and POPE numbers). `false` samples at `text_temperature`."""
+
+    max_new_tokens: int = Field(512, ge=1)
+    """Longest understanding answer, in tokens (a batch stops when every answer has ended). The
+    prompts ask for a letter or a short phrase; VLMEvalKit allows Janus 2048."""
+
+    text_temperature: float = Field(1.0, gt=0.0)
+    """Temperature of understanding sampling, used only when `greedy_understanding` is false."""
+
+    system_prompt: str | None = ""
+    """System prompt of understanding questions. `""` (VLMEvalKit's Janus setting) uses none;
+    `null` keeps the checkpoint processor's default."""
+
+    cfg_scale: float = Field(5.0, ge=1.0)
+    """Classifier-free guidance weight of image generation (5, as Janus-Pro and the paper)."""
+
+    image_temperature: float = Field(1.0, gt=0.0)
+    """Temperature of image-token sampling (1, as Janus-Pro and the paper)."""
+
+    geneval_images_per_prompt: int = Field(4, ge=1)
+    """Images generated per GenEval prompt (the official protocol: 4; scores average over all of
+    them). WISE uses one image per prompt, as its official protocol."""
+
+    limit: int | None = Field(None, ge=1)
+    """Run only the first `limit` samples of each benchmark (a smoke test). Scores of a subset are
+    not comparable with the paper's; results.md says so."""
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _check_benchmarks(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError(
+                "benchmarks is empty, so nothing would run; list some of "
+                + ", ".join(BENCHMARK_NAMES)
+            )
+        return list(dict.fromkeys(value))
 
     def benchmark_dir(self, name: str) -> Path:
         """The directory of benchmark `name` (its `*_dir` field, else `<data_root>/<name>`)."""
