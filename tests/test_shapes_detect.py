@@ -155,3 +155,14 @@ def test_objects_come_largest_first() -> None:
 def test_wrong_input_says_how_to_convert() -> None:
     with pytest.raises(ValueError, match=r"np\.asarray"):
         detect_objects(np.zeros((32, 32), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("side", [16, 32, 64])
+def test_a_canvas_filling_blob_is_not_an_object(side: int) -> None:
+    """Otherwise a generator could pass "a red square" by painting the whole image red."""
+    red = np.zeros((side, side, 3), dtype=np.uint8)
+    red[..., 0] = 230
+    assert detect_objects(red) == []
+    half = np.full((side, side, 3), 128, dtype=np.uint8)
+    half[:, : side // 2 + 2] = (230, 30, 30)
+    assert detect_objects(half) == []

@@ -3,7 +3,10 @@
 1. Foreground: pixels whose chroma (max - min of R, G, B) is at least `chroma_fraction` of the
    palette's chroma. The background is grey (chroma 0), every palette colour is saturated.
 2. Connected components of the foreground (8-connectivity, by iterated min-label propagation
-   in numpy); components smaller than `min_area_fraction` of the image are noise and dropped.
+   in numpy); components smaller than `min_area_fraction` of the image are noise and dropped,
+   and so are components wider or taller than `max_extent_fraction` of the image: no
+   ShapesWorld object is that big, and counting a canvas-filling blob as "a red square" would
+   let a generator hack the GenEval reward.
 3. Colour: the palette hue nearest to each pixel's hue, majority vote over the component.
 4. Shape: the component's mask, resampled exactly (area coverage) onto a G x G grid spanning its
    bounding box, is compared with each shape's ideal mask (sharp, and slightly blurred) on the
@@ -38,6 +41,10 @@ class DetectorParams:
     """Components with fewer pixels than this fraction of the image are noise (4 px at 32 px;
     the smallest object, a small triangle, covers about 0.02 of the image)."""
 
+    max_extent_fraction: float = 0.45
+    """Components whose bounding box is wider or taller than this fraction of the image side are
+    not objects (the largest object spans 0.3; the margin absorbs blur)."""
+
 
 @dataclass(frozen=True)
 class DetectedObject:
@@ -65,10 +72,11 @@ def detect_objects(image: np.ndarray, params: DetectorParams | None = None) -> l
     labels = label_components(foreground)
     hue_index = nearest_hue(rgb)
     min_area = params.min_area_fraction * foreground.size
+    max_extent = params.max_extent_fraction * max(foreground.shape)
     found = []
     for label in np.unique(labels[labels >= 0]):
         mask = labels == label
-        if mask.sum() >= min_area:
+        if mask.sum() >= min_area and _extent(mask) <= max_extent:
             found.append(_describe(mask, hue_index, image.shape[1]))
     return sorted(found, key=lambda o: (-o.area, o.bbox[1], o.bbox[0]))
 
@@ -112,6 +120,12 @@ def nearest_hue(rgb: np.ndarray) -> np.ndarray:
     hue = np.degrees(np.arctan2(np.sqrt(3.0) * (g - b), 2 * r - g - b)) % 360.0
     diff = np.abs(hue[..., None] - _HUE_CENTRES)
     return np.minimum(diff, 360.0 - diff).argmin(axis=-1)
+
+
+def _extent(mask: np.ndarray) -> int:
+    """The larger side, in pixels, of the bounding box of a non-empty mask."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    return int(max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1)
 
 
 def _describe(mask: np.ndarray, hue_index: np.ndarray, image_side: int) -> DetectedObject:
