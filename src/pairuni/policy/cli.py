@@ -1,0 +1,187 @@
+"""`pairuni generate`, `pairuni answer` and `pairuni tiny-model`: a first sanity check of a
+checkpoint. Kept free of module-level torch / transformers imports so `pairuni --help` is instant.
+
+Try them offline on a tiny random model:
+
+    pairuni tiny-model /tmp/tiny-janus
+    pairuni generate --model /tmp/tiny-janus --prompt "a red square" -n 8 --out grid.png
+    pairuni answer --model /tmp/tiny-janus --image grid.png --question "What is shown?"
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from pairuni.cliutils import ConfigOption, SetOption, fail, load_config_or_exit
+
+if TYPE_CHECKING:
+    from pairuni.policy.janus import JanusPolicy
+
+ModelOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Checkpoint directory in HF format (e.g. a download of "
+        "deepseek-community/Janus-Pro-1B); default: model.path of the config.",
+    ),
+]
+DTypeOption = Annotated[
+    str | None,
+    typer.Option(help="float32 | bfloat16 | float16 (default: model.dtype of the config)."),
+]
+DeviceOption = Annotated[
+    str | None,
+    typer.Option(help="auto | cpu | cuda | cuda:N | mps (default: model.device of the config)."),
+]
+SeedOption = Annotated[int, typer.Option(help="Random seed of the sampling.")]
+
+
+def _load_policy(
+    model: Path | None,
+    config: Path | None,
+    set_: list[str] | None,
+    model_updates: dict[str, Any],
+    rollout_updates: dict[str, Any],
+) -> JanusPolicy:
+    """The run config (defaults <- file <- --set <- these options) -> a loaded policy."""
+    from pydantic import ValidationError
+
+    from pairuni.policy.config import ModelConfig, RolloutConfig
+    from pairuni.policy.janus import CheckpointError, JanusPolicy
+
+    cfg = load_config_or_exit(config, set_)
+    updates = {k: v for k, v in model_updates.items() if v is not None}
+    sampling = {k: v for k, v in rollout_updates.items() if v is not None}
+    if model is not None:
+        updates["path"] = str(model)
+    try:
+        model_cfg = ModelConfig.model_validate({**cfg.model.model_dump(), **updates})
+        rollout_cfg = RolloutConfig.model_validate({**cfg.rollout.model_dump(), **sampling})
+    except ValidationError as err:
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
+    if model_cfg.path is None:
+        fail("no checkpoint: pass --model DIR (or set model.path in the config)")
+    try:
+        return JanusPolicy.load(model_cfg.path, model_cfg, rollout_cfg)
+    except (CheckpointError, ValueError) as err:
+        fail(str(err))
+
+
+def generate(
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What to draw.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Image grid to write (PNG, JPEG...).")],
+    model: ModelOption = None,
+    num_images: Annotated[int, typer.Option("--num-images", "-n", min=1, help="Images.")] = 8,
+    cfg_scale: Annotated[
+        float | None, typer.Option("--cfg", min=1.0, help="CFG weight (1 = off; default 5).")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(min=0.0, help="Sampling temperature (default 1).")
+    ] = None,
+    greedy: Annotated[bool, typer.Option(help="Argmax instead of sampling.")] = False,
+    columns: Annotated[int | None, typer.Option(min=1, help="Grid columns.")] = None,
+    seed: SeedOption = 0,
+    dtype: DTypeOption = None,
+    device: DeviceOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Sample N images for a prompt (CFG, KV cache) and save them as one grid image.
+
+    No checkpoint at hand? `pairuni tiny-model DIR` writes a tiny random one (its images are noise).
+    """
+    from pairuni.policy.images import make_grid
+
+    if temperature == 0:
+        fail("--temperature must be > 0; use --greedy for argmax decoding")
+    policy = _load_policy(
+        model,
+        config,
+        set_,
+        {"dtype": dtype, "device": device},
+        {"cfg_scale": cfg_scale, "image_temperature": temperature},
+    )
+    start = time.perf_counter()
+    rollout = policy.rollout_image([prompt], num_images, greedy=greedy, generator=seed)
+    seconds = time.perf_counter() - start
+    out.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(rollout.images, columns).save(out)
+    mean_logp = rollout.logprobs.mean().item()
+    typer.echo(
+        f"wrote {out}: {num_images} images of {rollout.images[0].size[0]} px in {seconds:.1f} s "
+        f"(mean token log-prob {mean_logp:.3f})"
+    )
+
+
+def answer(
+    image: Annotated[Path, typer.Option("--image", "-i", help="The image to ask about.")],
+    question: Annotated[str, typer.Option("--question", "-q", help="The question.")],
+    model: ModelOption = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", help="A multiple-choice option (repeat; lettered A, B, ...)."),
+    ] = None,
+    num_answers: Annotated[int, typer.Option("--num-answers", "-n", min=1)] = 1,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.0)] = None,
+    greedy: Annotated[bool, typer.Option(help="Argmax instead of sampling.")] = False,
+    raw: Annotated[
+        bool,
+        typer.Option(help="Ask the bare question, without the <think>/<answer> instruction."),
+    ] = False,
+    seed: SeedOption = 0,
+    dtype: DTypeOption = None,
+    device: DeviceOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Answer a question about an image (the training chat format, or --raw) and print it."""
+    from PIL import Image, UnidentifiedImageError
+
+    if temperature == 0:
+        fail("--temperature must be > 0; use --greedy for argmax decoding")
+    if not image.is_file():
+        fail(f"image {image} does not exist")
+    try:
+        picture = Image.open(image).convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        fail(f"{image}: not a readable image ({err})")
+    rollout_updates: dict[str, Any] = {
+        "text_temperature": temperature,
+        "max_new_tokens": max_new_tokens,
+        "und_prompt_template": "{question}" if raw else None,
+    }
+    policy = _load_policy(model, config, set_, {"dtype": dtype, "device": device}, rollout_updates)
+    try:
+        rollout = policy.rollout_text(
+            [picture],
+            [question],
+            num_answers,
+            options=[option or None],
+            greedy=greedy,
+            generator=seed,
+        )
+    except ValueError as err:
+        fail(str(err))
+    for i, text in enumerate(rollout.texts):
+        prefix = f"[{i + 1}] " if num_answers > 1 else ""
+        typer.echo(f"{prefix}{text.strip()}")
+
+
+def tiny_model(
+    out: Annotated[Path, typer.Argument(help="Directory to write the checkpoint to.")],
+    image_size: Annotated[int, typer.Option(min=8, help="Understanding image side, px.")] = 32,
+    patch_size: Annotated[int, typer.Option(min=1, help="Patch side, px.")] = 8,
+) -> None:
+    """Write a tiny random Janus checkpoint (< 1 M parameters) to try the commands offline."""
+    from pairuni.policy.tiny import build_tiny_janus
+
+    if image_size % patch_size:
+        fail(f"--image-size {image_size} is not a multiple of --patch-size {patch_size}")
+    path = build_tiny_janus(out, image_size=image_size, patch_size=patch_size)
+    typer.echo(f"wrote a tiny random Janus checkpoint to {path}")

@@ -1,0 +1,131 @@
+"""The `model` and `rollout` sections: which checkpoint to load and how to sample from it."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from pairuni.configbase import Section
+
+DType = Literal["float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
+TrainableModule = Literal[
+    "language_model",
+    "generation_head",
+    "generation_embeddings",
+    "generation_aligner",
+    "aligner",
+    "vision_model",
+    "vqmodel",
+]
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|(cuda|xpu|npu)(:\d+)?)$")
+VALID_DEVICES = "auto, cpu, mps, cuda, cuda:N, xpu, xpu:N, npu, npu:N"
+
+
+class ModelConfig(Section):
+    """The policy checkpoint: a local directory in the Hugging Face format of
+    `deepseek-community/Janus-Pro-1B` / `-7B` (loaded with transformers' native
+    `JanusForConditionalGeneration`, never `trust_remote_code`)."""
+
+    path: str | None = None
+    """Checkpoint directory (config.json, safetensors weights, tokenizer, processor config).
+    `pairuni tiny-model DIR` writes a tiny random one for offline tries."""
+
+    dtype: DType = "float32"
+    """Parameter dtype: `float32` (`fp32`), `bfloat16` (`bf16`, what the paper's GPU runs use) or
+    `float16` (`fp16`). Log-probs are always computed in float32 from the logits."""
+
+    device: str = "auto"
+    """Where the model runs: `auto` (the first CUDA GPU if there is one, else the CPU), `cpu`,
+    `cuda`, `cuda:N`, `mps`, `xpu`, `npu`."""
+
+    trainable: list[TrainableModule] = Field(default_factory=lambda: ["language_model"])
+    """Modules whose parameters train; all others are frozen. `language_model` is the LLM with its
+    text head (what T2I-R1 and CoRL train); `generation_head`, `generation_embeddings` and
+    `generation_aligner` are the image-token head, input embeddings and projector; `aligner` and
+    `vision_model` are the understanding encoder path; `vqmodel` the VQ image tokenizer."""
+
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass of the language model (less memory, ~30 % more
+    compute). Rollouts are unaffected: they run without gradient and with a KV cache."""
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not DEVICE_PATTERN.match(value):
+            raise ValueError(f"unknown device {value!r}; valid devices: {VALID_DEVICES}")
+        return value
+
+    @field_validator("trainable")
+    @classmethod
+    def _check_trainable(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError(
+                "trainable is empty, so nothing would train; list at least one module, "
+                "e.g. [language_model]"
+            )
+        return list(dict.fromkeys(value))
+
+
+DEFAULT_UND_TEMPLATE = (
+    "{question}\n"
+    "First think about the question step by step inside <think> </think>, then give only the "
+    "final answer (the option's letter for a multiple-choice question) inside "
+    "<answer> </answer>."
+)
+
+
+class RolloutConfig(Section):
+    """Sampling for both tasks: K answers per (image, question) and K images per prompt. The
+    defaults are the paper's (temperature 1, CFG 5, all image tokens)."""
+
+    max_new_tokens: int = Field(512, ge=1)
+    """Longest understanding answer, in tokens; generation stops earlier when every answer has
+    emitted EOS. Tokens after the first EOS are masked out of the loss."""
+
+    text_temperature: float = Field(1.0, gt=0.0)
+    """Temperature of understanding sampling. Sampling and teacher-forced log-probs are both of
+    softmax(logits / temperature)."""
+
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling for understanding answers (1 = off). As in TRL, the recorded log-probs are
+    of the temperature-scaled distribution before top-p truncation, so that teacher-forced
+    log-probs (which cannot know the nucleus) use the same definition."""
+
+    und_prompt_template: str = DEFAULT_UND_TEMPLATE
+    """The user turn of an understanding rollout; `{question}` is replaced by the question (with
+    its options, one per line, when the data has them). The default asks for the
+    `<think>...</think><answer>X</answer>` format of the paper's Fig. 9."""
+
+    system_prompt: str | None = None
+    """System prompt of understanding rollouts. `null` keeps the checkpoint processor's default
+    (Janus-Pro's "You are a helpful language and vision assistant..."); `""` uses none."""
+
+    cfg_scale: float = Field(5.0, ge=1.0)
+    """Classifier-free guidance weight w for image rollouts: logits = l_u + w (l_c - l_u), the
+    unconditional prompt keeping only BOS and <begin_of_image> (as transformers does). 1 turns CFG
+    off (conditional branch only, half the compute)."""
+
+    image_temperature: float = Field(1.0, gt=0.0)
+    """Temperature of image-token sampling, applied after the CFG combination."""
+
+    cfg_in_logprob: bool = True
+    """Image-token log-probs for the loss. `true`: of the CFG-combined distribution, exactly the
+    one sampled from (on-policy importance ratios; twice the forward compute, and the gradient also
+    flows through the unconditional branch). `false`: of the conditional branch only, as T2I-R1
+    and CoRL do (cheaper, but then the rollout's sampling log-probs are not the "old" log-probs:
+    recompute them with the same function before the update)."""
+
+    decode_batch_size: int = Field(16, ge=1)
+    """Images decoded by the VQ decoder at a time (bounds decoder memory)."""
+
+    @field_validator("und_prompt_template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        if "{question}" not in value:
+            raise ValueError(
+                "und_prompt_template has no `{question}` placeholder, so the question would be "
+                "dropped; add `{question}` where it belongs"
+            )
+        return value
