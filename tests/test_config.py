@@ -152,3 +152,15 @@ def test_shipped_configs_load() -> None:
     configs = sorted((REPO / "configs").glob("*.yaml"))
     for path in configs:
         load_config(path)
+
+
+def test_error_inside_a_list_of_records_names_index_and_origin() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["rewards.understanding=[{nme: mc_accuracy}]"])
+    message = str(info.value)
+    assert "--set: rewards.understanding.0.nme: unknown key; did you mean 'name'?" in message
+    assert "--set: rewards.understanding.0.name: Field required" in message
+
+
+def test_docs_document_the_keys_of_list_items() -> None:
+    assert "`rewards.understanding[].weight`" in render_config_docs()

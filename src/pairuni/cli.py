@@ -9,6 +9,7 @@ import typer
 
 from pairuni import __version__
 from pairuni.cliutils import ConfigOption, SetOption, fail, load_config_or_exit
+from pairuni.rewards.cli import reward_server
 
 app = typer.Typer(
     name="pairuni",
@@ -76,6 +77,31 @@ def config_docs(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
         typer.echo(f"wrote {out}")
+
+
+app.command("reward-server")(reward_server)
+
+from pairuni.shapes.cli import shapes_app  # noqa: E402
+
+app.add_typer(shapes_app, name="shapes")
+
+from pairuni.policy import cli as policy_cli  # noqa: E402
+
+app.command("generate")(policy_cli.generate)
+app.command("answer")(policy_cli.answer)
+app.command("tiny-model")(policy_cli.tiny_model)
+
+from pairuni.rl.cli import train as train_command  # noqa: E402
+
+app.command("train")(train_command)
+
+from pairuni.eval.cli import eval_app  # noqa: E402
+
+app.add_typer(eval_app, name="eval")
+
+from pairuni.pairing.cli import pairs_app  # noqa: E402
+
+app.add_typer(pairs_app, name="pairs")
 
 
 def main() -> None:

@@ -16,11 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
-from pydantic_core import PydanticUndefined
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from pairuni.configbase import Section
+from pairuni.eval.config import EvalConfig
+from pairuni.pairing.config import PairingConfig
+from pairuni.policy.config import ModelConfig, RolloutConfig
+from pairuni.rewards.config import RewardsConfig
 from pairuni.rl.config import AlgoConfig
+from pairuni.rl.train_config import DataConfig, LoggingConfig, TrainConfig
 
 
 class PairUniConfig(Section):
@@ -31,6 +36,45 @@ class PairUniConfig(Section):
 
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
     """PairGRPO: advantages, pair weights, clipped surrogate, KL, loss aggregation."""
+
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    """Rewards per task (names, weights, kwargs) and what to do when one fails."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The policy checkpoint: path, dtype, device, trainable modules, gradient checkpointing."""
+
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    """Sampling of understanding answers and images (temperatures, CFG, max new tokens)."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    """The pair file and the data mode of each step's batch (the paper's data ablations)."""
+
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    """The training loop: batch sizes, AdamW, schedule, precision, checkpoints."""
+
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    """Metrics sinks, sample image grids, gradient agreement."""
+
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    """Benchmarks (`pairuni eval`): data directories, GenEval detector, WISE judge, run settings."""
+
+    pairing: PairingConfig = Field(default_factory=PairingConfig)
+    """Building the PairUG file (`pairuni pairs`): sources, completion, features, selection."""
+
+    @model_validator(mode="after")
+    def _check_trainable_tasks(self) -> PairUniConfig:
+        mode, algo = self.data.mode, self.algo
+        if mode == "understanding_only" and algo.und_loss_weight == 0:
+            raise ValueError(
+                "data.mode=understanding_only with algo.und_loss_weight=0 trains nothing; "
+                "set algo.und_loss_weight above 0 or pick another data.mode"
+            )
+        if mode == "generation_only" and algo.gen_loss_weight == 0:
+            raise ValueError(
+                "data.mode=generation_only with algo.gen_loss_weight=0 trains nothing; "
+                "set algo.gen_loss_weight above 0 or pick another data.mode"
+            )
+        return self
 
 
 class ConfigError(ValueError):
@@ -124,7 +168,7 @@ def format_validation_error(
     """Turn pydantic's errors into one line per problem: key, origin, what is wrong, the fix."""
     lines = []
     for problem in err.errors():
-        loc = [str(p) for p in problem["loc"] if not isinstance(p, int)]
+        loc = [str(p) for p in problem["loc"]]
         key = ".".join(loc) or "<top level>"
         origin = origin_of(key, source, set_keys)
         lines.append(f"{origin}: {key}: {describe_problem(problem, schema, loc)}")
@@ -134,7 +178,7 @@ def format_validation_error(
 
 def origin_of(key: str, source: str, set_keys: set[str]) -> str:
     """Where a key's value came from: the file, --set, or both (for a whole-section check)."""
-    if key in set_keys:
+    if key in set_keys or any(key.startswith(f"{k}.") for k in set_keys):
         return SET_ORIGIN
     if any(k.startswith(f"{key}.") for k in set_keys):
         return f"{source} with {SET_ORIGIN}"
@@ -157,13 +201,30 @@ def describe_problem(problem: Mapping[str, Any], schema: type[BaseModel], loc: l
 
 
 def section_at(schema: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
-    """The pydantic model reached by following `loc` from `schema`, or None."""
-    model: type[BaseModel] | None = schema
+    """The pydantic model reached by following `loc` (keys and list indices) from `schema`."""
+    return nested_model(annotation_at(schema, loc))
+
+
+def annotation_at(schema: type[BaseModel], loc: list[str]) -> Any:
+    """The type annotation found by following `loc` from `schema`, or None."""
+    annotation: Any = schema
     for part in loc:
-        if model is None or part not in model.model_fields:
+        model = nested_model(annotation)
+        item = list_item(annotation)
+        if model is not None and part in model.model_fields:
+            annotation = model.model_fields[part].annotation
+        elif item is not None and part.isdigit():
+            annotation = item
+        else:
             return None
-        model = nested_model(model.model_fields[part].annotation)
-    return model
+    return annotation
+
+
+def list_item(annotation: Any) -> Any:
+    """The item type of a `list[...]` annotation, else None."""
+    if typing.get_origin(annotation) is list and typing.get_args(annotation):
+        return typing.get_args(annotation)[0]
+    return None
 
 
 def field_summary(schema: type[BaseModel], loc: list[str]) -> str:
@@ -205,6 +266,7 @@ def default_text(info: Any) -> str:
         return "required"
     if isinstance(value, BaseModel):
         return "(section)"
+    value = to_jsonable_python(value)  # paths, models in lists, enums -> plain YAML types
     return (
         "`"
         + yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
@@ -234,6 +296,19 @@ def render_config_docs(schema: type[BaseModel] = PairUniConfig) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def render_leaf(key: str, info: Any, indent: str) -> list[str]:
+    """One bullet per key; a list of records also documents the keys of each item."""
+    doc = " ".join((info.description or "").split())
+    lines = [
+        f"{indent}- **`{key}`** ({type_name(info.annotation)}, default {default_text(info)}): {doc}"
+    ]
+    item = nested_model(list_item(info.annotation))
+    if item is not None:
+        for name, sub in item.model_fields.items():
+            lines += render_leaf(f"{key}[].{name}", sub, indent=indent + "  ")
+    return lines
+
+
 def render_section(model: type[BaseModel], prefix: str, level: int) -> list[str]:
     lines: list[str] = []
     leaves: list[str] = []
@@ -244,10 +319,7 @@ def render_section(model: type[BaseModel], prefix: str, level: int) -> list[str]
         if child is not None:
             children.append((key, child))
             continue
-        doc = " ".join((info.description or "").split())
-        leaves.append(
-            f"- **`{key}`** ({type_name(info.annotation)}, default {default_text(info)}): {doc}"
-        )
+        leaves += render_leaf(key, info, indent="")
     if leaves:
         lines += [*leaves, ""]
     for key, child in children:

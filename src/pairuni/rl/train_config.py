@@ -1,0 +1,169 @@
+"""The `data`, `train` and `logging` sections: what the PairGRPO trainer reads, how much it trains
+per step, and what it records. Defaults are the paper's (arXiv 2510.25682 §3) where it gives them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pairuni.configbase import Section
+
+DataMode = Literal["pairs", "unpaired", "random_pairs", "understanding_only", "generation_only"]
+PairKinds = Literal["all", "aligned", "retrieved"]
+ReportTo = Literal["tensorboard", "wandb"]
+
+
+class DataConfig(Section):
+    """The pair file and how each step's batch is drawn from it. Each of the paper's data
+    ablations (Table 5) is one key here; the pair weighting (Table 7) is `algo.pair_weighting`."""
+
+    path: str | None = None
+    """The PairUG file (`.jsonl`, `.jsonl.gz`, `.parquet` or a folder of parquet shards) with one
+    `Pair` record per line (docs/data-format.md); `pairuni pairs build` writes one. Relative image
+    paths resolve from the file's folder."""
+
+    mode: DataMode = "pairs"
+    """How the understanding (U) and generation (G) sides of a step are drawn. `pairs`: B pairs,
+    each giving its question and its prompt (PairUni). `unpaired`: B questions and B prompts drawn
+    by two independent shuffles of the same file (the paper's "Unpair"). `random_pairs`: the
+    prompts re-paired once, at random, with other pairs' questions ("Random Pair").
+    `understanding_only` / `generation_only`: one side only, with the same B. Pair weights apply
+    in `pairs` mode only (the others have no meaningful similarity: w = 1)."""
+
+    kinds: PairKinds = "all"
+    """Keep `all` pairs, only `aligned` ones or only `retrieved` ones (Table 5's "Aligned-based" /
+    "Retrieval-based Pairs")."""
+
+    min_similarity: float | None = Field(None, ge=0.0, le=1.0)
+    """Drop retrieved pairs whose similarity s_p is below this (Table 8 uses 0.5 / 0.6 / 0.7);
+    `null` keeps them all. Aligned pairs are never dropped by it."""
+
+    on_bad_record: Literal["error", "skip"] = "error"
+    """A record with a missing or invalid field, or an image that cannot be read: `error` stops
+    before training with the file, line and field; `skip` leaves it out and logs the counts and
+    reasons."""
+
+    check_images: bool = True
+    """Open and decode every understanding image before training starts, so that a broken file
+    fails (or is skipped) up front instead of at step 800."""
+
+    shuffle: bool = True
+    """Shuffle the pairs each epoch (with a permutation derived from `seed` and the epoch, so a
+    resumed run draws exactly the same batches). `false` walks the file in order."""
+
+
+class TrainConfig(Section):
+    """The loop: batch sizes, optimiser (AdamW), schedule, precision, checkpoints.
+
+    One step = one rollout batch of `pairs_per_step` pairs on all processes together, followed by
+    `algo.num_iterations` optimiser updates on it."""
+
+    out_dir: str = "runs/pairuni"
+    """Where the run writes config.yaml, metrics.jsonl, sample grids and `checkpoint-{step}/`."""
+
+    max_steps: int = Field(1200, ge=1)
+    """Rollout steps to train for (the paper trains Janus-Pro-7B for at most 1200)."""
+
+    pairs_per_step: int = Field(16, ge=1)
+    """B: pairs per step across ALL processes. Each pair yields K_u answers and K_g images, so a
+    step holds B * K_u understanding and B * K_g generation trajectories. The paper's "per-device
+    batch size 2 (global batch size 16)" on 8 GPUs is read as 16 pairs (open question 4). Must be
+    divisible by the number of processes."""
+
+    micro_batch_size: int = Field(8, ge=1)
+    """Rows (trajectories of one task) per forward/backward pass when computing the loss; the
+    gradients of a step's micro-batches are accumulated, and the loss normalisers are those of the
+    whole step, so this changes memory, never the result."""
+
+    rollout_pairs_per_call: int | None = Field(None, ge=1)
+    """Pairs sampled together in one rollout call (one random generator per call, seeded from
+    (seed, step, first pair)). `null`: all of this process's pairs at once (fastest). Set it to a
+    divisor of pairs_per_step / processes to make the samples independent of the number of
+    processes (a 1-GPU run then reproduces an 8-GPU one)."""
+
+    learning_rate: float = Field(1e-6, gt=0.0)
+    """Peak learning rate of AdamW (the paper: 1e-6)."""
+
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW decoupled weight decay (TRL's default: 0)."""
+
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    """AdamW beta1."""
+
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    """AdamW beta2."""
+
+    adam_epsilon: float = Field(1e-8, gt=0.0)
+    """AdamW epsilon."""
+
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup, over all optimiser updates (max_steps * num_iterations): `cosine` to
+    `min_lr_ratio` * peak, `linear` to the same, or `constant`."""
+
+    warmup_steps: int = Field(0, ge=0)
+    """Optimiser updates of linear warmup from 0 to the peak learning rate."""
+
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    """Final learning rate as a fraction of the peak (cosine and linear schedules)."""
+
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    """Clip the global gradient norm (over all trainable parameters) to this; `null` disables
+    clipping (the norm is still logged as `grad_norm`)."""
+
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """`bf16` runs rollouts and loss forward passes under bfloat16 autocast with float32 weights
+    and optimiser state (the paper's GPU runs use bf16); `fp32` runs everything in float32. For
+    bf16 weights as well, set `model.dtype: bfloat16`."""
+
+    save_every: int = Field(100, ge=1)
+    """Write a checkpoint every this many steps (and always at the last step)."""
+
+    save_total_limit: int | None = Field(3, ge=1)
+    """Keep only the latest N checkpoints (`null`: keep all)."""
+
+    @model_validator(mode="after")
+    def _check_rollout_chunk(self) -> TrainConfig:
+        chunk = self.rollout_pairs_per_call
+        if chunk is not None and self.pairs_per_step % chunk:
+            raise ValueError(
+                f"rollout_pairs_per_call={chunk} does not divide pairs_per_step="
+                f"{self.pairs_per_step}; pick a divisor of pairs_per_step / processes, or null"
+            )
+        return self
+
+
+class LoggingConfig(Section):
+    """Metrics (JSONL always; TensorBoard / W&B on request), sample grids, gradient agreement."""
+
+    report_to: list[ReportTo] = Field(default_factory=list)
+    """Extra metric sinks besides `out_dir/metrics.jsonl`: `tensorboard` (writes
+    `out_dir/tensorboard`) and/or `wandb` (needs `pip install wandb`)."""
+
+    wandb_project: str = "pairuni"
+    """W&B project name (with `report_to: [wandb]`)."""
+
+    run_name: str | None = None
+    """Name of the run for W&B / TensorBoard; default: the last part of `train.out_dir`."""
+
+    image_grid_every: int = Field(0, ge=0)
+    """Every N steps save a grid of the step's generated images with their prompts and rewards to
+    `out_dir/samples/step-{step}.png` (and to TensorBoard); 0 turns it off."""
+
+    image_grid_max: int = Field(16, ge=1)
+    """At most this many images in a grid."""
+
+    grad_agreement_every: int = Field(0, ge=0)
+    """Every N steps log `grad_cosine`: the cosine between the flattened gradient of the
+    understanding loss and that of the generation loss over all trainable parameters, on the same
+    step's batch (first update of the step, all processes, before clipping) — the paper's Fig. 8
+    diagnostic. Free: the two losses are back-propagated separately anyway. 0 turns it off."""
+
+    progress_bar: bool = True
+    """Show a progress bar with ETA on the main process."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))

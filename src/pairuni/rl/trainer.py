@@ -1,0 +1,848 @@
+"""The PairGRPO trainer: `pairuni train --config X.yaml`.
+
+One step (the loop in `train` fits on a screen):
+
+    batch    = _sample_batch(step)          B pairs, the same on every process (data modes)
+    rollouts = _rollout(batch)              this process's share: K_u answers, K_g images a pair
+    scores   = _score(rollouts)             rewards, gathered from all processes
+    advs     = _advantages(batch, scores)   group-normalised per task on the GLOBAL batch, x w_p
+    for _ in range(num_iterations):
+        _update(rollouts, advs)             micro-batched clipped surrogate, backward, AdamW step
+    _log(...); _save(...)
+
+Rollout and loss are separate steps: nothing is sampled inside the loss. Every random draw comes
+from a generator seeded with (seed, step, task, first pair of the call), so a resumed run samples
+exactly what the uninterrupted run would have (see docs/training.md).
+
+Multi-process: every process draws the same global batch and rolls out pairs
+[rank * B/W, (rank + 1) * B/W); rewards are gathered before group normalisation, so group
+statistics never depend on the number of processes; loss normalisers count the whole step on all
+processes, so the summed gradients equal the single-process gradient (`distributed.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pairuni.config import PairUniConfig, dump_config
+from pairuni.data.schema import Pair
+from pairuni.policy.base import ImageRollout, RolloutBatch, TextRollout, UnifiedPolicy
+from pairuni.rewards.base import RewardSet
+from pairuni.rl import checkpoint as ckpt
+from pairuni.rl.distributed import Collective
+from pairuni.rl.objective import TaskAdvantages, TaskBatch, pairgrpo_loss, task_advantages
+from pairuni.rl.sampler import PairSampler, StepBatch, filter_pairs, make_generator
+from pairuni.rl.tracking import Tracker
+
+logger = logging.getLogger(__name__)
+
+TASK_NAMES = {"und": "understanding", "gen": "generation"}
+
+
+class TrainingSetupError(ValueError):
+    """A run that cannot start (missing model or data, impossible batch); the message says the
+    fix."""
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclasses.dataclass
+class StepRollouts:
+    """This process's rollouts of one step (None for a task the data mode leaves out).
+
+    `und_slots` / `gen_slots`: (n,) the global batch slot (pair) of each local row.
+    """
+
+    und: TextRollout | None
+    gen: ImageRollout | None
+    und_slots: torch.Tensor | None
+    gen_slots: torch.Tensor | None
+
+
+@dataclasses.dataclass
+class StepScores:
+    """Rewards of the GLOBAL batch (every process holds all of them), per task."""
+
+    total: dict[str, torch.Tensor]
+    per_reward: dict[str, dict[str, torch.Tensor]]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def pad_cat(tensors: Sequence[torch.Tensor], value: float, left: bool) -> torch.Tensor:
+    """Concatenate (B_i, T_i) tensors along dim 0, padding dim 1 to the longest on one side."""
+    width = max(t.shape[1] for t in tensors)
+    padded = []
+    for t in tensors:
+        pad = width - t.shape[1]
+        if pad:
+            filler = t.new_full((t.shape[0], pad), value)
+            t = torch.cat([filler, t] if left else [t, filler], dim=1)
+        padded.append(t)
+    return torch.cat(padded)
+
+
+def concat_rollouts(parts: Sequence[RolloutBatch], pad_id: int) -> Any:
+    """One rollout record from several calls: prompts left-padded, completions right-padded,
+    `group` offset so groups stay distinct."""
+    if len(parts) == 1:
+        return parts[0]
+    values: dict[str, Any] = {}
+    offset = 0
+    groups = []
+    for part in parts:
+        groups.append(part.group + offset)  # type: ignore[attr-defined]
+        offset += int(part.group.max()) + 1  # type: ignore[attr-defined]
+    for field in dataclasses.fields(parts[0]):
+        items = [getattr(p, field.name) for p in parts]
+        name = field.name
+        if name == "group":
+            values[name] = torch.cat(groups)
+        elif isinstance(items[0], list):
+            values[name] = [x for item in items for x in item]
+        elif name.startswith("prompt"):
+            values[name] = pad_cat(items, pad_id if name == "prompt_ids" else 0, left=True)
+        elif items[0].dim() == 2:
+            fill = pad_id if name in ("completion_ids", "image_ids") else 0
+            values[name] = pad_cat(items, fill, left=False)
+        else:
+            values[name] = torch.cat(items)
+    return type(parts[0])(**values)
+
+
+def lr_lambda(update: int, warmup: int, total: int, kind: str, min_ratio: float) -> float:
+    """Learning-rate multiplier after `update` optimiser updates."""
+    if warmup and update < warmup:
+        return (update + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (update - warmup) / max(1, total - warmup))
+    if kind == "linear":
+        return min_ratio + (1.0 - min_ratio) * (1.0 - progress)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pair_columns(pairs: Sequence[Pair], repeat: int) -> dict[str, list[Any]]:
+    """The records' fields as reward columns, each pair repeated for its `repeat` rows."""
+    dumps = [pair.model_dump() for pair in pairs]
+    keys = list(dict.fromkeys(k for d in dumps for k in d))
+    return {k: [d.get(k) for d in dumps for _ in range(repeat)] for k in keys}
+
+
+def forbid_image_tokens_in_text(policy: Any) -> None:
+    """Make the text head unable to emit <image_placeholder>, <begin_of_image>, <end_of_image>.
+
+    A sampled placeholder token would make the teacher-forced forward expect image features for
+    it (transformers raises "Image features and image tokens do not match"); a random or
+    under-trained model samples one now and then. A forward hook on `lm_head` sets their logits
+    to -inf for sampling and teacher forcing alike, so the two stay consistent. Policies without
+    an `lm_head` are left alone.
+    """
+    model, ids = getattr(policy, "model", None), getattr(policy, "ids", None)
+    head = getattr(model, "lm_head", None)
+    if head is None or ids is None or getattr(head, "_pairuni_forbid", False):
+        return
+    banned = [ids.image, ids.boi]
+    tokenizer = getattr(getattr(policy, "processor", None), "tokenizer", None)
+    eoi = getattr(tokenizer, "eoi_token_id", None) if tokenizer is not None else None
+    if isinstance(eoi, int):
+        banned.append(eoi)
+    index = torch.tensor(sorted(set(banned)))
+
+    def hook(module: torch.nn.Module, args: Any, logits: torch.Tensor) -> torch.Tensor:
+        return logits.index_fill(-1, index.to(logits.device), float("-inf"))
+
+    head.register_forward_hook(hook)
+    head._pairuni_forbid = True
+
+
+class MetricSum:
+    """Token-weighted means, sums, minima and maxima of micro-batch metrics (then global)."""
+
+    def __init__(self) -> None:
+        self.weighted: dict[str, list[float]] = {}
+        self.extreme: dict[str, float] = {}
+        self.sums: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, torch.Tensor], weight: float) -> None:
+        for key, value in metrics.items():
+            v = float(value)
+            if key.endswith("/loss") or key == "loss":
+                self.sums[key] = self.sums.get(key, 0.0) + v
+            elif key.endswith("/min"):
+                self.extreme[key] = min(self.extreme.get(key, math.inf), v)
+            elif key.endswith("/max"):
+                self.extreme[key] = max(self.extreme.get(key, -math.inf), v)
+            elif math.isfinite(v):
+                acc = self.weighted.setdefault(key, [0.0, 0.0])
+                acc[0] += v * weight
+                acc[1] += weight
+
+    def result(self, dist: Collective) -> dict[str, float]:
+        out: dict[str, float] = {}
+        keys = sorted(self.weighted)
+        if keys or dist.world_size > 1:
+            # every process must take part in the same reductions, whatever it saw
+            keys = dist.broadcast_object(keys)
+            pairs = torch.tensor([self.weighted.get(k, [0.0, 0.0]) for k in keys]).reshape(-1, 2)
+            pairs = dist.reduce(pairs)
+            out.update(
+                {k: float(s / w) if w else math.nan for k, (s, w) in zip(keys, pairs, strict=True)}
+            )
+        sum_keys = dist.broadcast_object(sorted(self.sums))
+        sums = dist.reduce(torch.tensor([self.sums.get(k, 0.0) for k in sum_keys]))
+        out.update({k: float(v) for k, v in zip(sum_keys, sums, strict=True)})
+        ext_keys = dist.broadcast_object(sorted(self.extreme))
+        for key in ext_keys:
+            op = "min" if key.endswith("/min") else "max"
+            fill = math.inf if op == "min" else -math.inf
+            out[key] = float(dist.reduce(torch.tensor(self.extreme.get(key, fill)), op))
+        return out
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class PairGRPOTrainer:
+    """Trains a `UnifiedPolicy` with PairGRPO on a pair file. Override the `_` methods to change
+    one stage (TRL style); `train()` runs the loop."""
+
+    def __init__(
+        self,
+        config: PairUniConfig,
+        resume: str | Path | bool | None = None,
+        policy: UnifiedPolicy | None = None,
+        reward_set: RewardSet | None = None,
+    ) -> None:
+        self.config = config
+        self.train_cfg = config.train
+        self.algo = config.algo
+        self.out_dir = Path(config.train.out_dir)
+        self.dist = Collective(cpu=config.model.device == "cpu")
+        if self.train_cfg.pairs_per_step % self.dist.world_size:
+            raise TrainingSetupError(
+                f"train.pairs_per_step={self.train_cfg.pairs_per_step} is not divisible by the "
+                f"{self.dist.world_size} processes; make it a multiple of {self.dist.world_size}"
+            )
+        self.local_pairs = self.train_cfg.pairs_per_step // self.dist.world_size
+        chunk = self.train_cfg.rollout_pairs_per_call or self.local_pairs
+        if self.local_pairs % chunk:
+            raise TrainingSetupError(
+                f"train.rollout_pairs_per_call={chunk} does not divide the {self.local_pairs} "
+                "pairs of each process; pick a divisor of pairs_per_step / processes"
+            )
+        self.rollout_chunk = chunk
+        seed_everything(config.seed)
+        self.resume_from = self._find_resume(resume)
+        self.pairs = self._load_pairs()
+        self.sampler = PairSampler(
+            filter_pairs(self.pairs, config.data),
+            config.data,
+            self.train_cfg.pairs_per_step,
+            config.seed,
+        )
+        model_path = self.resume_from / "model" if self.resume_from else None
+        self.policy = policy if policy is not None else self._build_policy(model_path)
+        forbid_image_tokens_in_text(self.policy)
+        self.reward_set = reward_set or RewardSet.from_config(config.rewards)
+        self.ref_policy = self._build_reference() if self.algo.beta > 0 else None
+        self.params = [p for group in self.policy.parameter_groups().values() for p in group]
+        self.optimizer = self._build_optimizer()
+        self.scheduler = self._build_scheduler()
+        self.step = 0
+        if self.resume_from is not None:
+            self._load_checkpoint(self.resume_from)
+        self.tracker: Tracker | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def _find_resume(self, resume: str | Path | bool | None) -> Path | None:
+        if not resume:
+            return None
+        if resume is True or resume == "latest":
+            found = ckpt.latest_checkpoint(self.out_dir)
+            if found is None:
+                logger.warning("no checkpoint in %s to resume from; starting fresh", self.out_dir)
+            return found
+        path = Path(resume)
+        ckpt.read_state(path)  # fails clearly if incomplete
+        return path
+
+    def _load_pairs(self) -> list[Pair]:
+        from pairuni.data import check_images, read_records
+
+        data = self.config.data
+        if data.path is None:
+            raise TrainingSetupError(
+                "data.path is not set; point it at a pair file (e.g. --set data.path=pairs.jsonl)"
+            )
+        if not Path(data.path).exists():
+            raise TrainingSetupError(
+                f"data.path {data.path} does not exist; build one with `pairuni pairs build` or "
+                "see docs/training.md for the demo pair file"
+            )
+        records = read_records(data.path, Pair, on_bad_record=data.on_bad_record)
+        if data.check_images:
+            records = check_images(
+                records, ["und_image"], on_bad_record=data.on_bad_record, progress=False
+            )
+        if records.skipped and self.dist.is_main:
+            logger.warning("%s", records.summary())
+        self.data_summary = records.summary()
+        self.base_dir = records.base_dir
+        return list(records.records)
+
+    def _build_policy(self, path: Path | None) -> UnifiedPolicy:
+        from pairuni.policy.janus import JanusPolicy
+
+        model_cfg = self.config.model
+        if self.dist.world_size > 1 or model_cfg.device == "auto":
+            device = self.dist.device
+            model_cfg = model_cfg.model_copy(
+                update={"device": "cpu" if device.type == "cpu" else str(device)}
+            )
+        return JanusPolicy.load(path or model_cfg.path, model_cfg, self.config.rollout)
+
+    def _build_reference(self) -> UnifiedPolicy:
+        """pi_ref for the KL term (algo.beta > 0): a frozen copy of the INITIAL checkpoint
+        (model.path, also when resuming), kept in eval mode."""
+        ref = self._build_policy(None)
+        forbid_image_tokens_in_text(ref)
+        model = getattr(ref, "model", None)
+        if isinstance(model, torch.nn.Module):
+            model.requires_grad_(False)
+        return ref
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.train_cfg
+        groups = [
+            {"params": params, "name": name}
+            for name, params in self.policy.parameter_groups().items()
+            if params
+        ]
+        return torch.optim.AdamW(
+            groups,
+            lr=cfg.learning_rate,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=cfg.adam_epsilon,
+            weight_decay=cfg.weight_decay,
+        )
+
+    def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        cfg = self.train_cfg
+        total = cfg.max_steps * self.algo.num_iterations
+        return torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda u: lr_lambda(u, cfg.warmup_steps, total, cfg.lr_scheduler, cfg.min_lr_ratio),
+        )
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> dict[str, float]:
+        """Run from `self.step` to `train.max_steps`; returns the last step's metrics."""
+        from tqdm.auto import tqdm
+
+        self._start_run()
+        cfg, metrics = self.train_cfg, {}
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not (self.dist.is_main and self.config.logging.progress_bar),
+        )
+        while self.step < cfg.max_steps:
+            start = time.perf_counter()
+            batch = self._sample_batch(self.step)
+            rollouts = self._rollout(batch)
+            rollout_time = time.perf_counter() - start
+            scores = self._score(batch, rollouts)
+            advantages = self._advantages(batch, scores)
+            metrics = self._metrics(batch, rollouts, scores, advantages)
+            for iteration in range(self.algo.num_iterations):
+                metrics.update(self._update(rollouts, advantages, iteration))
+            self.step += 1
+            metrics.update({"time/rollout": rollout_time, "time/step": time.perf_counter() - start})
+            self._log(metrics, batch, rollouts, scores)
+            if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
+                self._save()
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics.get('loss', math.nan):.4f}")
+        bar.close()
+        if self.tracker is not None:
+            self.tracker.close()
+        return metrics
+
+    def _start_run(self) -> None:
+        if self.dist.is_main:
+            if self.resume_from is None and ckpt.latest_checkpoint(self.out_dir) is not None:
+                logger.warning(
+                    "%s already holds checkpoints; starting a fresh run over them (pass --resume "
+                    "to continue the old run instead)",
+                    self.out_dir,
+                )
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(dump_config(self.config), encoding="utf-8")
+            log = self.config.logging
+            self.tracker = Tracker(
+                self.out_dir,
+                list(log.report_to),
+                log.run_name or self.out_dir.name,
+                self.config.model_dump(mode="json"),
+                log.wandb_project,
+                resume_step=self.step if self.resume_from else None,
+            )
+            logger.info("%s", self.data_summary)
+        self.dist.barrier()
+
+    # ------------------------------------------------------------------ stages
+
+    def _sample_batch(self, step: int) -> StepBatch:
+        return self.sampler.batch(step)
+
+    def _local_range(self) -> range:
+        start = self.dist.rank * self.local_pairs
+        return range(start, start + self.local_pairs)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.train_cfg.precision == "bf16":
+            device = getattr(self.policy, "device", torch.device("cpu"))
+            return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _rollout(self, batch: StepBatch) -> StepRollouts:
+        """This process's K_u answers and K_g images per pair, `rollout_chunk` pairs a call."""
+        local = self._local_range()
+        pad = int(getattr(getattr(self.policy, "ids", None), "pad", 0))
+        und = gen = und_slots = gen_slots = None
+        with self._autocast():
+            if batch.und:
+                parts = [self._rollout_text(batch, start) for start in local[:: self.rollout_chunk]]
+                und = concat_rollouts(parts, pad)
+                und_slots = torch.tensor(list(local)).repeat_interleave(
+                    self.algo.num_generations_und
+                )
+            if batch.gen:
+                parts = [
+                    self._rollout_image(batch, start) for start in local[:: self.rollout_chunk]
+                ]
+                gen = concat_rollouts(parts, pad)
+                gen_slots = torch.tensor(list(local)).repeat_interleave(
+                    self.algo.num_generations_gen
+                )
+        return StepRollouts(und, gen, und_slots, gen_slots)
+
+    def _generator(self, task: str, step: int, first_slot: int) -> torch.Generator:
+        device = getattr(self.policy, "device", torch.device("cpu"))
+        return make_generator(self.config.seed, "rollout", task, step, first_slot, device=device)
+
+    def _rollout_text(self, batch: StepBatch, start: int) -> TextRollout:
+        pairs = batch.und[start : start + self.rollout_chunk]
+        images = [p.und_image.open(self.base_dir) for p in pairs]
+        return self.policy.rollout_text(
+            images,
+            [p.und_question for p in pairs],
+            self.algo.num_generations_und,
+            options=[p.und_options or None for p in pairs],
+            generator=self._generator("und", batch.step, start),
+        )
+
+    def _rollout_image(self, batch: StepBatch, start: int) -> ImageRollout:
+        pairs = batch.gen[start : start + self.rollout_chunk]
+        return self.policy.rollout_image(
+            [p.gen_prompt for p in pairs],
+            self.algo.num_generations_gen,
+            generator=self._generator("gen", batch.step, start),
+        )
+
+    def _score(self, batch: StepBatch, rollouts: StepRollouts) -> StepScores:
+        """Rewards of the local rows, then gathered into the global batch's order."""
+        local = self._local_range()
+        totals: dict[str, torch.Tensor] = {}
+        per_reward: dict[str, dict[str, torch.Tensor]] = {}
+        tasks = (
+            ("und", rollouts.und, batch.und, self.algo.num_generations_und),
+            ("gen", rollouts.gen, batch.gen, self.algo.num_generations_gen),
+        )
+        for task, rollout, pairs, k in tasks:
+            if rollout is None:
+                continue
+            mine = [pairs[i] for i in local]
+            if task == "und":
+                prompts = [p.und_question for p in mine for _ in range(k)]
+                outputs: list[Any] = list(rollout.texts)  # type: ignore[union-attr]
+            else:
+                prompts = [p.gen_prompt for p in mine for _ in range(k)]
+                outputs = list(rollout.images)  # type: ignore[union-attr]
+            total, values, _ = self.reward_set(
+                TASK_NAMES[task],
+                prompts,
+                outputs,
+                pair_columns(mine, k),  # type: ignore[arg-type]
+            )
+            totals[task] = self.dist.gather(total)
+            per_reward[task] = {name: self.dist.gather(v) for name, v in values.items()}
+        return StepScores(totals, per_reward)
+
+    def _advantages(self, batch: StepBatch, scores: StepScores) -> dict[str, TaskAdvantages]:
+        """Group-normalised, pair-weighted advantages of the GLOBAL batch, per task."""
+        out = {}
+        weighting = self.config.data.mode == "pairs"
+        aligned = batch.aligned if weighting else torch.ones_like(batch.aligned)
+        for task, rewards in scores.total.items():
+            k = self.algo.num_generations_und if task == "und" else self.algo.num_generations_gen
+            slots = torch.arange(batch.size).repeat_interleave(k)
+            out[task] = task_advantages(rewards, slots, slots, batch.similarity, aligned, self.algo)
+        return out
+
+    # ------------------------------------------------------------------ the update
+
+    def _local_rows(self, task: str) -> slice:
+        k = self.algo.num_generations_und if task == "und" else self.algo.num_generations_gen
+        start = self.dist.rank * self.local_pairs * k
+        return slice(start, start + self.local_pairs * k)
+
+    def _task_inputs(
+        self, rollouts: StepRollouts, advantages: dict[str, TaskAdvantages]
+    ) -> Iterator[tuple[str, RolloutBatch, torch.Tensor, torch.Tensor, float]]:
+        """(task, local rollout, local advantages, mask, norm_length) of each present task."""
+        if rollouts.und is not None:
+            ro = rollouts.und
+            adv = advantages["und"].advantages[self._local_rows("und")]
+            yield (
+                "und",
+                ro,
+                adv,
+                ro.completion_mask.bool(),
+                float(self.config.rollout.max_new_tokens),
+            )
+        if rollouts.gen is not None:
+            ro_g = rollouts.gen
+            adv = advantages["gen"].advantages[self._local_rows("gen")]
+            mask = torch.ones_like(ro_g.image_ids, dtype=torch.bool)
+            yield "gen", ro_g, adv, mask, float(ro_g.image_ids.shape[1])
+
+    def _logprobs(self, task: str, rollout: Any) -> torch.Tensor:
+        if task == "und":
+            return self.policy.text_logprobs(rollout)
+        return self.policy.image_logprobs(rollout)
+
+    def _ref_logprobs(self, task: str, rollout: Any) -> torch.Tensor | None:
+        """(n, T) log pi_ref of the local rows (computed once per step), or None without KL."""
+        if self.ref_policy is None:
+            return None
+        if getattr(rollout, "_ref_logp", None) is None:
+            ref = self.ref_policy
+            fn = ref.text_logprobs if task == "und" else ref.image_logprobs
+            with torch.no_grad(), self._autocast():
+                rollout._ref_logp = torch.cat(
+                    [fn(mb).float() for mb in rollout.split(self.train_cfg.micro_batch_size)]
+                )
+        return rollout._ref_logp
+
+    def _old_logprobs(self, task: str, rollout: Any) -> torch.Tensor | None:
+        """pi_old for num_iterations > 1: the rollout's sampling log-probs, unless they are not
+        of the distribution the loss uses (image log-probs without CFG), then recomputed once."""
+        if self.algo.num_iterations == 1:
+            return None  # on-policy: the ratio is exactly 1
+        if task == "gen" and not self.config.rollout.cfg_in_logprob:
+            if not hasattr(rollout, "_old_logp"):
+                with torch.no_grad(), self._autocast():
+                    rollout._old_logp = torch.cat(
+                        [
+                            self._logprobs(task, mb)
+                            for mb in rollout.split(self.train_cfg.micro_batch_size)
+                        ]
+                    )
+            return rollout._old_logp
+        return rollout.logprobs
+
+    def _update(
+        self, rollouts: StepRollouts, advantages: dict[str, TaskAdvantages], iteration: int
+    ) -> dict[str, float]:
+        """One optimiser update on the step's rollouts: every micro-batch of every task."""
+        sums = MetricSum()
+        measure = (
+            iteration == 0
+            and self.config.logging.grad_agreement_every > 0
+            and self.step % self.config.logging.grad_agreement_every == 0
+            and rollouts.und is not None
+            and rollouts.gen is not None
+        )
+        model = getattr(self.policy, "model", None)
+        if self.config.model.gradient_checkpointing and isinstance(model, torch.nn.Module):
+            model.train()  # HF checkpointing is active in training mode only
+        task_grads: dict[str, torch.Tensor] = {}
+        for task, rollout, adv, mask, norm_length in self._task_inputs(rollouts, advantages):
+            old = self._old_logprobs(task, rollout)
+            ref = self._ref_logprobs(task, rollout)
+            num_tokens = self.dist.reduce(mask.sum().double()).item()
+            num_seqs = self.dist.reduce(torch.tensor(float(mask.shape[0]))).item()
+            size = self.train_cfg.micro_batch_size
+            for start in range(0, len(rollout), size):
+                rows = slice(start, start + size)
+                sums.add(
+                    *self._loss(
+                        task,
+                        rollout[rows],
+                        adv[rows],
+                        mask[rows],
+                        old,
+                        ref,
+                        rows,
+                        num_seqs,
+                        num_tokens,
+                        norm_length,
+                    )
+                )
+            if measure:
+                task_grads[task] = self._take_grads()
+        if isinstance(model, torch.nn.Module):
+            model.eval()
+        metrics = sums.result(self.dist)
+        metrics["loss"] = sum(
+            weight * metrics.get(f"{task}/loss", 0.0)
+            for task, weight in (
+                ("und", self.algo.und_loss_weight),
+                ("gen", self.algo.gen_loss_weight),
+            )
+        )
+        if measure:
+            metrics["grad_cosine"] = self._restore_and_compare(task_grads)
+        metrics.update(self._optimizer_step())
+        return metrics
+
+    def _loss(
+        self,
+        task: str,
+        rollout: Any,
+        adv: torch.Tensor,
+        mask: torch.Tensor,
+        old: torch.Tensor | None,
+        ref: torch.Tensor | None,
+        rows: slice,
+        num_sequences: float,
+        num_tokens: float,
+        norm_length: float,
+    ) -> tuple[dict[str, torch.Tensor], float]:
+        """Backward of one micro-batch's share of the global loss; returns its metrics."""
+        with self._autocast():
+            logp = self._logprobs(task, rollout).float()
+        device = logp.device
+        batch = TaskBatch(
+            logp=logp,
+            mask=mask.to(device),
+            advantages=adv.to(device),
+            old_logp=None if old is None else old[rows].to(device).float(),
+            ref_logp=None if ref is None else ref[rows].to(device),
+            num_sequences=num_sequences,
+            num_tokens=num_tokens,
+            norm_length=norm_length,
+        )
+        out = pairgrpo_loss(
+            batch if task == "und" else None, batch if task == "gen" else None, self.algo
+        )
+        out.loss.backward()
+        metrics = {k: v for k, v in out.metrics.items() if k != "loss"}
+        return metrics, float(mask.sum())
+
+    def _take_grads(self) -> torch.Tensor:
+        """The accumulated gradient as one flat vector; the parameters' grads are cleared."""
+        flat = torch.cat(
+            [
+                (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                for p in self.params
+            ]
+        )
+        for p in self.params:
+            p.grad = None
+        return flat
+
+    def _restore_and_compare(self, grads: dict[str, torch.Tensor]) -> float:
+        """cos(g_und, g_gen) over all processes; the parameters get g_und + g_gen back."""
+        und, gen = self.dist.reduce(grads["und"]), self.dist.reduce(grads["gen"])
+        # the local sum goes back: _optimizer_step all-reduces it like any other step
+        total = (grads["und"] + grads["gen"]).to(self.params[0].device)
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad = total[offset : offset + n].view_as(p).to(p.dtype).clone()
+            offset += n
+        norm = und.norm() * gen.norm()
+        return float(und @ gen / norm) if norm > 0 else math.nan
+
+    def _optimizer_step(self) -> dict[str, float]:
+        self.dist.all_reduce_grads(self.params)
+        max_norm = self.train_cfg.max_grad_norm or math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"grad_norm": float(grad_norm), "learning_rate": float(lr)}
+
+    # ------------------------------------------------------------------ metrics and logging
+
+    def _metrics(
+        self,
+        batch: StepBatch,
+        rollouts: StepRollouts,
+        scores: StepScores,
+        advantages: dict[str, TaskAdvantages],
+    ) -> dict[str, float]:
+        """Rollout and reward metrics of the global batch (TRL names, `und/` and `gen/`)."""
+        out: dict[str, float] = {"epoch": batch.step * batch.size / len(self.sampler.pairs)}
+        for task, adv in advantages.items():
+            out.update({k: float(v) for k, v in adv.metrics(task).items()})
+            for name, values in scores.per_reward[task].items():
+                valid = values[~torch.isnan(values)]
+                out[f"{task}/rewards/{name}/mean"] = float(valid.mean()) if len(valid) else math.nan
+                out[f"{task}/rewards/{name}/std"] = (
+                    float(valid.std()) if len(valid) > 1 else math.nan
+                )
+        for task, rollout in (("und", rollouts.und), ("gen", rollouts.gen)):
+            if rollout is None:
+                continue
+            if task == "und":
+                mask = rollout.completion_mask.float()  # type: ignore[union-attr]
+            else:
+                mask = torch.ones_like(rollout.logprobs)
+            lengths = self.dist.gather(mask.sum(1))
+            out[f"{task}/completions/mean_length"] = float(lengths.mean())
+            out[f"{task}/completions/min_length"] = float(lengths.min())
+            out[f"{task}/completions/max_length"] = float(lengths.max())
+            if task == "und":
+                limit = self.config.rollout.max_new_tokens
+                out["und/completions/clipped_ratio"] = float((lengths >= limit).float().mean())
+            # Monte-Carlo entropy: the mean of -log pi(token) over sampled tokens
+            neg = self.dist.reduce(-(rollout.logprobs * mask).sum().double())
+            out[f"{task}/entropy"] = float(neg / self.dist.reduce(mask.sum().double()))
+        weighted = self.config.data.mode == "pairs"
+        if weighted:
+            from pairuni.rl.advantages import pair_weights
+
+            weights = pair_weights(batch.similarity, batch.aligned, self.algo.pair_weighting)
+            out["pair/weight_mean"] = float(weights.mean())
+            out["pair/weight_min"] = float(weights.min())
+        else:
+            out["pair/weight_mean"] = 1.0
+        out["pair/frac_aligned"] = float(batch.aligned.float().mean()) if weighted else math.nan
+        return out
+
+    def _log(
+        self,
+        metrics: dict[str, float],
+        batch: StepBatch,
+        rollouts: StepRollouts,
+        scores: StepScores,
+    ) -> None:
+        if not self.dist.is_main or self.tracker is None:
+            return
+        self.tracker.log(self.step, metrics)
+        every = self.config.logging.image_grid_every
+        if every and self.step % every == 0 and rollouts.gen is not None and rollouts.gen.images:
+            self._save_grid(batch, rollouts.gen, scores.total["gen"])
+
+    def _save_grid(self, batch: StepBatch, rollout: ImageRollout, rewards: torch.Tensor) -> None:
+        from pairuni.rl.grids import captioned_grid
+
+        limit = self.config.logging.image_grid_max
+        k = self.algo.num_generations_gen
+        slots = list(self._local_range())
+        prompts = [batch.gen[s].gen_prompt for s in slots for _ in range(k)]
+        local_rewards = rewards[self._local_rows("gen")].tolist()
+        grid = captioned_grid(rollout.images[:limit], prompts[:limit], local_rewards[:limit])
+        path = self.out_dir / "samples" / f"step-{self.step}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path)
+        assert self.tracker is not None
+        self.tracker.log_image(self.step, "samples", grid)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save(self) -> None:
+        """Write `checkpoint-{step}` atomically (temp dir, then rename) and rotate old ones."""
+        tmp = ckpt.temp_dir(self.out_dir, self.step)
+        if self.dist.is_main:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+            self.policy.save(tmp / "model")
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+        self.dist.barrier()
+        torch.save(ckpt.rng_state(), tmp / f"rng_state_{self.dist.rank}.pt")
+        self.dist.barrier()
+        if self.dist.is_main:
+            state = {
+                "step": self.step,
+                "data_position": self.step * self.train_cfg.pairs_per_step,
+                "optimizer_updates": self.step * self.algo.num_iterations,
+                "world_size": self.dist.world_size,
+                "config": self.config.model_dump(mode="json"),
+            }
+            ckpt.write_state(tmp / ckpt.STATE_FILE, state)
+            final = ckpt.checkpoint_dir(self.out_dir, self.step)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            ckpt.rotate(self.out_dir, self.train_cfg.save_total_limit)
+        self.dist.barrier()
+
+    def _load_checkpoint(self, path: Path) -> None:
+        state = ckpt.read_state(path)
+        self.step = int(state["step"])
+        self._warn_if_changed(state.get("config", {}))
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        rng_file = path / f"rng_state_{self.dist.rank}.pt"
+        if rng_file.is_file():
+            ckpt.set_rng_state(torch.load(rng_file, weights_only=False))
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    def _warn_if_changed(self, saved: dict[str, Any]) -> None:
+        """A resumed run reproduces the uninterrupted one only with the same data order."""
+        now = self.config.model_dump(mode="json")
+        keys = [
+            ("seed",),
+            ("train", "pairs_per_step"),
+            ("data", "path"),
+            ("data", "mode"),
+            ("data", "kinds"),
+            ("data", "min_similarity"),
+            ("data", "shuffle"),
+        ]
+        changed = []
+        for key in keys:
+            old_value, new_value = saved, now
+            for part in key:
+                old_value = old_value.get(part) if isinstance(old_value, dict) else None
+                new_value = new_value.get(part) if isinstance(new_value, dict) else None
+            if saved and old_value != new_value:
+                changed.append(f"{'.'.join(key)}: {old_value!r} -> {new_value!r}")
+        if changed:
+            logger.warning(
+                "resuming with a config that changes the data order (%s); the run continues, "
+                "but it will not reproduce the uninterrupted one",
+                "; ".join(changed),
+            )

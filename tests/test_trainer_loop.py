@@ -1,0 +1,212 @@
+"""The PairGRPO trainer in one process on the tiny random Janus: parameters that move (and those
+that must not), metrics, old log-probs with num_iterations > 1, KL to the reference, gradient
+accumulation and the gradient-agreement cosine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import pairuni.rl.demo as demo
+from pairuni.config import PairUniConfig
+from pairuni.policy.tiny import build_tiny_janus
+from pairuni.rl.objective import TaskBatch, pairgrpo_loss
+from pairuni.rl.trainer import PairGRPOTrainer
+
+DEMO_FILE = Path(demo.__file__).resolve()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("demo")
+    model = build_tiny_janus(root / "model")
+    pairs = demo.write_demo_pairs(root, num_pairs=8)
+    return {"model": model, "pairs": pairs, "root": root}
+
+
+def make_config(assets: dict[str, Path], out: Path, **sections: Any) -> PairUniConfig:
+    raw = demo.demo_config(assets["model"], assets["pairs"], out, **sections)
+    return PairUniConfig.model_validate(raw)
+
+
+def named_params(trainer: PairGRPOTrainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.policy.model.named_parameters()}
+
+
+def test_steps_move_trainable_parameters_only_and_log_every_metric(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = make_config(
+        assets,
+        tmp_path,
+        logging={"grad_agreement_every": 1, "image_grid_every": 2, "report_to": ["tensorboard"]},
+    )
+    trainer = PairGRPOTrainer(cfg)
+    before = named_params(trainer)
+    trainer.train()
+    after = named_params(trainer)
+    trainable = {id(p) for g in trainer.policy.parameter_groups().values() for p in g}
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    for name, param in trainer.policy.model.named_parameters():
+        if id(param) not in trainable:
+            assert name not in moved, f"frozen parameter {name} changed"
+    assert any(n.startswith("model.language_model") for n in moved)
+    assert any(n.startswith("model.generation_head") for n in moved)
+
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
+    expected = {
+        "loss",
+        "learning_rate",
+        "grad_norm",
+        "grad_cosine",
+        "epoch",
+        "time/rollout",
+        "time/step",
+        "pair/weight_mean",
+        "pair/frac_aligned",
+    }
+    for task in ("und", "gen"):
+        expected |= {
+            f"{task}/{k}"
+            for k in (
+                "reward",
+                "reward_std",
+                "frac_reward_zero_std",
+                "loss",
+                "entropy",
+                "clip_ratio/low_mean",
+                "clip_ratio/high_mean",
+                "clip_ratio/region_mean",
+                "completions/mean_length",
+                "pair_weight_mean",
+            )
+        }
+    expected |= {"und/rewards/letter_fraction/mean", "gen/rewards/redness/mean"}
+    assert expected <= set(lines[0])
+    assert lines[0]["gen/completions/mean_length"] == 16  # the tiny model's image tokens
+    assert (tmp_path / "samples" / "step-2.png").is_file()
+    assert (tmp_path / "config.yaml").is_file()
+    assert any((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    assert (tmp_path / "checkpoint-2" / "model" / "model.safetensors").is_file()
+
+
+def test_second_iteration_uses_rollout_logprobs_as_old_and_clips(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = make_config(
+        assets,
+        tmp_path,
+        algo={"num_iterations": 2, "epsilon_low": 1e-3, "epsilon_high": 1e-3},
+        train={"max_steps": 1, "learning_rate": 5e-2, "max_grad_norm": None},
+    )
+    trainer = PairGRPOTrainer(cfg)
+    batch = trainer._sample_batch(0)
+    rollouts = trainer._rollout(batch)
+    advantages = trainer._advantages(batch, trainer._score(batch, rollouts))
+    assert trainer._old_logprobs("und", rollouts.und) is rollouts.und.logprobs
+    first = trainer._update(rollouts, advantages, 0)
+    second = trainer._update(rollouts, advantages, 1)
+    # first update: teacher forcing reproduces the sampling log-probs, so the ratio is ~1
+    assert first["und/ratio/max"] == pytest.approx(1.0, abs=1e-4)
+    assert first["gen/ratio/min"] == pytest.approx(1.0, abs=1e-4)
+    # second update: the policy moved, the old log-probs did not
+    assert abs(second["gen/ratio/max"] - 1.0) > 1e-3 or abs(second["gen/ratio/min"] - 1.0) > 1e-3
+    assert second["gen/clip_ratio/region_mean"] > 0
+
+
+def test_single_iteration_is_exactly_on_policy(assets: dict[str, Path], tmp_path: Path) -> None:
+    trainer = PairGRPOTrainer(make_config(assets, tmp_path))
+    batch = trainer._sample_batch(0)
+    rollouts = trainer._rollout(batch)
+    advantages = trainer._advantages(batch, trainer._score(batch, rollouts))
+    assert trainer._old_logprobs("gen", rollouts.gen) is None
+    metrics = trainer._update(rollouts, advantages, 0)
+    assert metrics["und/ratio/min"] == metrics["und/ratio/max"] == 1.0
+
+
+def test_kl_to_the_initial_model_is_zero_first_then_positive(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = make_config(
+        assets, tmp_path, algo={"beta": 0.1, "num_iterations": 2}, train={"max_steps": 1}
+    )
+    trainer = PairGRPOTrainer(cfg)
+    assert trainer.ref_policy is not None
+    batch = trainer._sample_batch(0)
+    rollouts = trainer._rollout(batch)
+    advantages = trainer._advantages(batch, trainer._score(batch, rollouts))
+    first = trainer._update(rollouts, advantages, 0)
+    second = trainer._update(rollouts, advantages, 1)
+    assert first["und/kl"] == pytest.approx(0.0, abs=1e-6)  # the policy is still the reference
+    assert second["und/kl"] > 1e-6 and second["gen/kl"] > 1e-6
+    # the reference stayed frozen while the policy moved
+    ref = dict(trainer.ref_policy.model.named_parameters())
+    moved = named_params(trainer)
+    name = "model.generation_head.proj_out.weight"
+    assert name in ref and not torch.equal(ref[name].detach(), moved[name])
+
+
+def one_step(
+    assets: dict[str, Path], out: Path, micro: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    # adam_epsilon 1 makes the first AdamW update ~ lr * g for small g instead of lr * sign(g),
+    # which would blow float noise in near-zero gradients up to a full step
+    train = {"max_steps": 1, "micro_batch_size": micro, "adam_epsilon": 1.0}
+    trainer = PairGRPOTrainer(make_config(assets, out, train=train))
+    start = named_params(trainer)
+    trainer.train()
+    return start, named_params(trainer)
+
+
+def test_micro_batching_does_not_change_the_update(assets: dict[str, Path], tmp_path: Path) -> None:
+    start, whole = one_step(assets, tmp_path / "a", micro=64)
+    _, pieces = one_step(assets, tmp_path / "b", micro=1)
+    changed = [n for n in whole if not torch.equal(whole[n], start[n])]
+    assert changed, "the step changed nothing, so the comparison would be empty"
+    for name in changed:
+        torch.testing.assert_close(pieces[name] - start[name], whole[name] - start[name])
+
+
+def test_grad_cosine_matches_separately_computed_task_gradients(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = make_config(
+        assets, tmp_path, logging={"grad_agreement_every": 1}, train={"micro_batch_size": 3}
+    )
+    trainer = PairGRPOTrainer(cfg)
+    batch = trainer._sample_batch(0)
+    rollouts = trainer._rollout(batch)
+    advantages = trainer._advantages(batch, trainer._score(batch, rollouts))
+    params = trainer.params
+
+    def task_grad(task: str) -> torch.Tensor:
+        # the whole task batch at once, with no accumulation, normalisers or the trainer's loop
+        if task == "und":
+            ro = rollouts.und
+            logp, mask = trainer.policy.text_logprobs(ro), ro.completion_mask.bool()
+        else:
+            ro = rollouts.gen
+            logp = trainer.policy.image_logprobs(ro)
+            mask = torch.ones_like(logp, dtype=torch.bool)
+        tb = TaskBatch(logp, mask, advantages[task].advantages)
+        out = pairgrpo_loss(tb if task == "und" else None, tb if task == "gen" else None, cfg.algo)
+        grads = torch.autograd.grad(out.loss, params, allow_unused=True)
+        return torch.cat(
+            [
+                (g if g is not None else torch.zeros_like(p)).reshape(-1)
+                for g, p in zip(grads, params, strict=True)
+            ]
+        )
+
+    g_und, g_gen = task_grad("und"), task_grad("gen")
+    expected = float(g_und @ g_gen / (g_und.norm() * g_gen.norm()))
+    assert g_und.norm() > 0 and g_gen.norm() > 0
+    metrics = trainer._update(rollouts, advantages, 0)
+    assert metrics["grad_cosine"] == pytest.approx(expected, abs=1e-4)
+    assert metrics["grad_norm"] == pytest.approx(float((g_und + g_gen).norm()), rel=1e-4)
