@@ -135,6 +135,28 @@ def test_completion_mask_stops_after_first_eos(tiny_dir: Path) -> None:
     assert ids.shape[1] == max(lengths) < 40, "generation stops when every row has ended"
 
 
+def test_answers_never_contain_image_marker_tokens(tiny_dir: Path) -> None:
+    """A sampled <image_placeholder> would make teacher forcing expect image features; the text
+    distribution excludes the image markers in sampling and teacher forcing alike."""
+    policy = load(tiny_dir, max_new_tokens=6)
+    markers = policy._banned_text_ids.tolist()
+    assert {policy.ids.image, policy.ids.boi} <= set(markers)
+    bias = torch.zeros(policy.model.lm_head.out_features)
+    bias[markers] = 50.0
+
+    def prefer_markers(_module: object, _inputs: object, out: torch.Tensor) -> torch.Tensor:
+        return out + bias
+
+    handle = policy.model.lm_head.register_forward_hook(prefer_markers)
+    try:
+        rollout = policy.rollout_text(images(), QUESTIONS, 2, generator=5)
+        teacher = policy.text_logprobs(rollout)
+    finally:
+        handle.remove()
+    assert not torch.isin(rollout.completion_ids, torch.tensor(markers)).any()
+    torch.testing.assert_close(teacher.detach(), rollout.logprobs, atol=TOL, rtol=0)
+
+
 def test_greedy_text_rollout_matches_hf_generate(policy: JanusPolicy) -> None:
     image = images()[0]
     rollout = policy.rollout_text([image], [QUESTIONS[0]], 1, greedy=True)

@@ -233,6 +233,7 @@ class JanusPolicy:
         self.model_config = model_config or ModelConfig()
         self.rollout_config = rollout_config or RolloutConfig()
         self.ids = JanusTokenIds.from_checkpoint(model, processor)
+        self._banned_text_ids = self._image_marker_ids()
         self.num_image_tokens = int(model.config.vision_config.num_image_tokens)
         self.max_positions = int(model.config.text_config.max_position_embeddings)
         self._set_trainable(self.model_config.trainable)
@@ -408,6 +409,24 @@ class JanusPolicy:
 
     # ------------------------------------------------------------------ understanding
 
+    def _image_marker_ids(self) -> torch.Tensor:
+        """<image_placeholder>, <begin_of_image> and <end_of_image>: tokens an answer must never
+        contain (a sampled placeholder would make teacher forcing expect image features)."""
+        banned = {self.ids.image, self.ids.boi}
+        eoi = getattr(self.processor.tokenizer, "eoi_token_id", None)
+        if isinstance(eoi, int):
+            banned.add(eoi)
+        return torch.tensor(sorted(banned), dtype=torch.long)
+
+    def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) hidden states -> (..., V) text logits, image-marker tokens at -inf.
+
+        Sampling and teacher forcing both go through here, so they share one distribution.
+        """
+        logits = self.model.lm_head(hidden)
+        banned = self._banned_text_ids.to(logits.device)
+        return logits.index_fill(-1, banned, float("-inf"))
+
     @torch.no_grad()
     def rollout_text(
         self,
@@ -478,7 +497,7 @@ class JanusPolicy:
         tokens, logps, valid = [], [], []
         for step in range(max_new):
             tok, logp = sample_from_logits(
-                self.model.lm_head(hidden),
+                self.text_logits(hidden),
                 cfg.text_temperature,
                 top_p=cfg.top_p,
                 greedy=greedy,
@@ -519,7 +538,7 @@ class JanusPolicy:
         # prompt_len + j and is predicted from prompt_len + j - 1.
         length = rollout.completion_ids.shape[1]
         hidden = out.last_hidden_state[:, prompt_len - 1 : prompt_len - 1 + length]
-        logits = self.model.lm_head(hidden)
+        logits = self.text_logits(hidden)
         logprobs = gather_logprobs(
             logits, rollout.completion_ids, self.rollout_config.text_temperature
         )

@@ -149,33 +149,6 @@ def pair_columns(pairs: Sequence[Pair], repeat: int) -> dict[str, list[Any]]:
     return {k: [d.get(k) for d in dumps for _ in range(repeat)] for k in keys}
 
 
-def forbid_image_tokens_in_text(policy: Any) -> None:
-    """Make the text head unable to emit <image_placeholder>, <begin_of_image>, <end_of_image>.
-
-    A sampled placeholder token would make the teacher-forced forward expect image features for
-    it (transformers raises "Image features and image tokens do not match"); a random or
-    under-trained model samples one now and then. A forward hook on `lm_head` sets their logits
-    to -inf for sampling and teacher forcing alike, so the two stay consistent. Policies without
-    an `lm_head` are left alone.
-    """
-    model, ids = getattr(policy, "model", None), getattr(policy, "ids", None)
-    head = getattr(model, "lm_head", None)
-    if head is None or ids is None or getattr(head, "_pairuni_forbid", False):
-        return
-    banned = [ids.image, ids.boi]
-    tokenizer = getattr(getattr(policy, "processor", None), "tokenizer", None)
-    eoi = getattr(tokenizer, "eoi_token_id", None) if tokenizer is not None else None
-    if isinstance(eoi, int):
-        banned.append(eoi)
-    index = torch.tensor(sorted(set(banned)))
-
-    def hook(module: torch.nn.Module, args: Any, logits: torch.Tensor) -> torch.Tensor:
-        return logits.index_fill(-1, index.to(logits.device), float("-inf"))
-
-    head.register_forward_hook(hook)
-    head._pairuni_forbid = True
-
-
 class MetricSum:
     """Token-weighted means, sums, minima and maxima of micro-batch metrics (then global)."""
 
@@ -263,7 +236,6 @@ class PairGRPOTrainer:
         )
         model_path = self.resume_from / "model" if self.resume_from else None
         self.policy = policy if policy is not None else self._build_policy(model_path)
-        forbid_image_tokens_in_text(self.policy)
         self.reward_set = reward_set or RewardSet.from_config(config.rewards)
         self.ref_policy = self._build_reference() if self.algo.beta > 0 else None
         self.params = [p for group in self.policy.parameter_groups().values() for p in group]
@@ -327,7 +299,6 @@ class PairGRPOTrainer:
         """pi_ref for the KL term (algo.beta > 0): a frozen copy of the INITIAL checkpoint
         (model.path, also when resuming), kept in eval mode."""
         ref = self._build_policy(None)
-        forbid_image_tokens_in_text(ref)
         model = getattr(ref, "model", None)
         if isinstance(model, torch.nn.Module):
             model.requires_grad_(False)
