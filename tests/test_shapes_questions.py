@@ -173,7 +173,38 @@ def test_oracle_completes_records_without_changing_them() -> None:
     done = oracle.complete_understanding(und)
     assert und == before
     assert done["prompt"] == caption_for_scene(Scene.from_dict(und["scene"]))
-    assert {k: v for k, v in done.items() if k != "prompt"} == und
+    assert done["geneval"]["tag"] == "scene"
+    assert {k: v for k, v in done.items() if k not in ("prompt", "geneval")} == und
+
+
+def test_scene_metadata_accepts_the_scene_and_rejects_changed_scenes() -> None:
+    """The caption's GenEval metadata: its own rendering passes, a scene with an object
+    removed, added or recoloured fails."""
+    import numpy as np
+
+    from pairuni.shapes.geneval import score_image
+    from pairuni.shapes.oracle import scene_geneval
+    from pairuni.shapes.render import render_scene
+    from pairuni.shapes.scene import COLORS as PALETTE
+
+    checked = 0
+    for i in range(60):
+        scene = Scene.from_dict(understanding_record(i, seed=4)["scene"])
+        meta = scene_geneval(scene)
+        assert score_image(render_scene(scene, 32), meta).correct, meta
+        fewer = Scene(objects=scene.objects[1:]) if len(scene.objects) > 1 else None
+        if fewer is not None:
+            assert not score_image(render_scene(fewer, 32), meta).correct
+        first = scene.objects[0]
+        other = next(c for c in PALETTE if c != first.color)
+        recoloured = Scene(
+            objects=[type(first)(**{**first.__dict__, "color": other}), *scene.objects[1:]]
+        )
+        if len({o.color for o in scene.objects if o.shape == first.shape}) == 1:
+            assert not score_image(render_scene(recoloured, 32), meta).correct
+            checked += 1
+    assert checked > 20
+    assert np.all([c["count"] >= 1 for c in meta["include"]])
 
 
 def test_oracle_questions_for_generation_records_are_correct_and_stable() -> None:

@@ -104,8 +104,10 @@ class OracleAnnotator:
         self.seed = seed
 
     def complete_understanding(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """A copy of an understanding record with a "prompt": the caption of its scene."""
-        return {**record, "prompt": caption_for_scene(scene_of(record))}
+        """A copy of an understanding record with a "prompt" (the caption of its scene) and the
+        caption's "geneval" metadata, so the generation reward can score images drawn for it."""
+        scene = scene_of(record)
+        return {**record, "prompt": caption_for_scene(scene), "geneval": scene_geneval(scene)}
 
     def complete_generation(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """A copy of a generation record with "question", "options" (4) and "answer" (A-D)."""
@@ -113,6 +115,29 @@ class OracleAnnotator:
         rng = np.random.default_rng([self.seed, zlib.crc32(str(record.get("id", "")).encode())])
         question, options, answer, _ = qa_for_scene(scene, rng)
         return {**record, "question": question, "options": options, "answer": answer}
+
+
+def scene_geneval(scene: Scene) -> dict[str, Any]:
+    """GenEval-style metadata that a faithful drawing of the whole scene satisfies.
+
+    Per shape: exactly its number of objects (an include and an exclude clause), and its colour
+    when every object of that shape shares one (GenEval's colour rule looks at the largest
+    `count` objects of a class, so a class of mixed colours cannot carry a colour clause).
+    Positions are left to the caption's text: the relations of a 3- or 4-object scene do not fit
+    GenEval's one-target position clause. The tag is `scene`, outside GenEval's six categories.
+    """
+    by_shape: dict[str, list[SceneObject]] = {}
+    for obj in scene.objects:
+        by_shape.setdefault(obj.shape, []).append(obj)
+    include, exclude = [], []
+    for shape in sorted(by_shape):
+        objs = by_shape[shape]
+        clause: dict[str, Any] = {"class": shape, "count": len(objs)}
+        if len({o.color for o in objs}) == 1:
+            clause["color"] = objs[0].color
+        include.append(clause)
+        exclude.append({"class": shape, "count": len(objs) + 1})
+    return {"tag": "scene", "include": include, "exclude": exclude}
 
 
 def answer_is_correct(letter: str, record: Mapping[str, Any]) -> bool:
