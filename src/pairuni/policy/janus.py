@@ -267,11 +267,15 @@ class JanusPolicy:
         model.eval()  # dropout off; the trainer calls .train() only for gradient checkpointing
         return cls(model, processor, model_config, rollout_config)
 
-    def save(self, out_dir: str | Path) -> None:
-        """Write model, generation config and processor in the same HF format `load` reads."""
+    def save(self, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write model, generation config and processor in the same HF format `load` reads.
+
+        `state_dict`: the weights to write instead of the model's own (the full state gathered
+        from FSDP shards by the trainer: the sharded model's parameters are DTensors).
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out)
+        self.model.save_pretrained(out, state_dict=state_dict)
         self.processor.save_pretrained(out)
 
     # ------------------------------------------------------------------ parameters

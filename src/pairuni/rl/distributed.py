@@ -4,7 +4,8 @@ The trainer does not wrap the model in DDP: the policy calls sub-modules (langua
 directly, which DDP's forward hooks would not see. Instead every micro-batch loss is already a
 share of the GLOBAL loss (its normalisers count the whole step on all processes), so the global
 gradient is the plain SUM of the processes' accumulated gradients: `all_reduce_grads` does that
-once per optimiser update (one flat buffer per dtype, like DDP's buckets). With one process every
+once per optimiser update (one flat buffer per dtype, like DDP's buckets); under
+`train.sharding: fsdp` FSDP reduce-scatters them instead (`sharding.py`). With one process every
 operation here is the identity.
 """
 

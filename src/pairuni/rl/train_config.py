@@ -117,6 +117,23 @@ class TrainConfig(Section):
     and optimiser state (the paper's GPU runs use bf16); `fp32` runs everything in float32. For
     bf16 weights as well, set `model.dtype: bfloat16`."""
 
+    sharding: Literal["none", "zero1", "fsdp"] = "none"
+    """How the processes of a multi-process run split the training state (docs/distributed.md).
+    `none`: each holds the model, its gradients and the AdamW state. `zero1`: the AdamW state is
+    partitioned over the processes (torch's ZeroRedundancyOptimizer, ZeRO stage 1: the AdamW
+    moments, half of the training state, divided by the number of processes). `fsdp`: PyTorch
+    FSDP2 shards parameters, gradients and AdamW state (ZeRO stage 3), what Janus-Pro-7B needs.
+    Checkpoints are the same in every mode (full HF model, full AdamW state), so a run may resume
+    under another mode. With one process every mode runs unsharded (a warning says so). `fsdp`
+    cannot train `vqmodel` nor log `logging.grad_agreement_every`."""
+
+    fsdp_gather_for_rollout: bool = True
+    """With `sharding: fsdp`, keep the full weights gathered during each rollout call (one
+    all-gather per module per call; memory: the full sharded modules, i.e. the trainable part of
+    the model, in `model.dtype` on every GPU for the duration of the rollout). `false` re-gathers
+    every decoder layer at every generated token (576 times per image): least memory, much more
+    communication."""
+
     save_every: int = Field(100, ge=1)
     """Write a checkpoint every this many steps (and always at the last step)."""
 

@@ -18,6 +18,7 @@ Multi-process: every process draws the same global batch and rolls out pairs
 [rank * B/W, (rank + 1) * B/W); rewards are gathered before group normalisation, so group
 statistics never depend on the number of processes; loss normalisers count the whole step on all
 processes, so the summed gradients equal the single-process gradient (`distributed.py`).
+`train.sharding` (zero1 / fsdp) partitions the optimiser state or the whole model (`sharding.py`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pairuni.rl import checkpoint as ckpt
 from pairuni.rl.distributed import Collective
 from pairuni.rl.objective import TaskAdvantages, TaskBatch, pairgrpo_loss, task_advantages
 from pairuni.rl.sampler import PairSampler, StepBatch, filter_pairs, make_generator
+from pairuni.rl.sharding import ShardingError, ShardingPlan, grad_norm_value, incompatibilities
 from pairuni.rl.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -236,6 +238,7 @@ class PairGRPOTrainer:
         )
         model_path = self.resume_from / "model" if self.resume_from else None
         self.policy = policy if policy is not None else self._build_policy(model_path)
+        self.sharding = self._shard_policy()
         self.reward_set = reward_set or RewardSet.from_config(config.rewards)
         self.ref_policy = self._build_reference() if self.algo.beta > 0 else None
         self.params = [p for group in self.policy.parameter_groups().values() for p in group]
@@ -295,6 +298,22 @@ class PairGRPOTrainer:
             )
         return JanusPolicy.load(path or model_cfg.path, model_cfg, self.config.rollout)
 
+    def _shard_policy(self) -> ShardingPlan:
+        """Apply `train.sharding` to the policy (FSDP wraps it in place; see sharding.py)."""
+        cfg = self.config
+        problems = incompatibilities(
+            self.train_cfg.sharding, list(cfg.model.trainable), cfg.logging.grad_agreement_every
+        )
+        if problems:
+            raise TrainingSetupError("; ".join(problems))
+        try:
+            plan = ShardingPlan(self.train_cfg.sharding, self.dist)
+            dtype = getattr(self.policy, "dtype", torch.float32)
+            plan.wrap(self.policy, dtype, list(cfg.model.trainable))
+        except ShardingError as err:
+            raise TrainingSetupError(str(err)) from err
+        return plan
+
     def _build_reference(self) -> UnifiedPolicy:
         """pi_ref for the KL term (algo.beta > 0): a frozen copy of the INITIAL checkpoint
         (model.path, also when resuming), kept in eval mode."""
@@ -311,7 +330,7 @@ class PairGRPOTrainer:
             for name, params in self.policy.parameter_groups().items()
             if params
         ]
-        return torch.optim.AdamW(
+        return self.sharding.build_optimizer(
             groups,
             lr=cfg.learning_rate,
             betas=(cfg.adam_beta1, cfg.adam_beta2),
@@ -406,7 +425,8 @@ class PairGRPOTrainer:
         local = self._local_range()
         pad = int(getattr(getattr(self.policy, "ids", None), "pad", 0))
         und = gen = und_slots = gen_slots = None
-        with self._autocast():
+        gather = self.sharding.gathered_for_rollout(self.train_cfg.fsdp_gather_for_rollout)
+        with self._autocast(), gather:
             if batch.und:
                 parts = [self._rollout_text(batch, start) for start in local[:: self.rollout_chunk]]
                 und = concat_rollouts(parts, pad)
@@ -663,14 +683,15 @@ class PairGRPOTrainer:
         return float(und @ gen / norm) if norm > 0 else math.nan
 
     def _optimizer_step(self) -> dict[str, float]:
-        self.dist.all_reduce_grads(self.params)
+        if self.sharding.all_reduces_grads:  # FSDP has reduce-scattered them already
+            self.dist.all_reduce_grads(self.params)
         max_norm = self.train_cfg.max_grad_norm or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"grad_norm": float(grad_norm), "learning_rate": float(lr)}
+        return {"grad_norm": grad_norm_value(grad_norm), "learning_rate": float(lr)}
 
     # ------------------------------------------------------------------ metrics and logging
 
@@ -754,12 +775,18 @@ class PairGRPOTrainer:
     def _save(self) -> None:
         """Write `checkpoint-{step}` atomically (temp dir, then rename) and rotate old ones."""
         tmp = ckpt.temp_dir(self.out_dir, self.step)
+        # collective under zero1 / fsdp: every process takes part, rank 0 gets the full states
+        model_state = self.sharding.full_model_state()
+        optimizer_state = self.sharding.optimizer_state(self.optimizer)
         if self.dist.is_main:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
-            self.policy.save(tmp / "model")
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            if model_state is None:
+                self.policy.save(tmp / "model")
+            else:
+                self.policy.save(tmp / "model", state_dict=model_state)  # type: ignore[call-arg]
+            torch.save(optimizer_state, tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
         self.dist.barrier()
         torch.save(ckpt.rng_state(), tmp / f"rng_state_{self.dist.rank}.pt")
@@ -770,6 +797,7 @@ class PairGRPOTrainer:
                 "data_position": self.step * self.train_cfg.pairs_per_step,
                 "optimizer_updates": self.step * self.algo.num_iterations,
                 "world_size": self.dist.world_size,
+                "sharding": self.sharding.effective,
                 "config": self.config.model_dump(mode="json"),
             }
             ckpt.write_state(tmp / ckpt.STATE_FILE, state)
@@ -784,7 +812,11 @@ class PairGRPOTrainer:
         state = ckpt.read_state(path)
         self.step = int(state["step"])
         self._warn_if_changed(state.get("config", {}))
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        optimizer_state = torch.load(path / "optimizer.pt", weights_only=False)
+        try:
+            self.sharding.load_optimizer_state(self.optimizer, optimizer_state)
+        except ShardingError as err:
+            raise TrainingSetupError(f"{path / 'optimizer.pt'}: {err}") from err
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
         rng_file = path / f"rng_state_{self.dist.rank}.pt"
         if rng_file.is_file():
