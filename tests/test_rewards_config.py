@@ -22,7 +22,7 @@ def test_defaults_are_the_papers() -> None:
 def test_unknown_name_lists_registered_rewards() -> None:
     with pytest.raises(
         ConfigError,
-        match=r"rewards.understanding.name: unknown reward 'mc_acc'.*"
+        match=r"rewards.understanding.0.name: unknown reward 'mc_acc'.*"
         r"exact_match.*mc_accuracy.*file.py:function",
     ):
         load_config(None, ["rewards.understanding=[{name: mc_acc}]"])
