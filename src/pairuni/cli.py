@@ -41,6 +41,45 @@ def _root(
     """RL fine-tuning of unified vision-language models with understanding-generation pairs."""
 
 
+@app.command("demo")
+def demo(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder of the run and its report.")
+    ] = Path("runs/demo"),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Toy sizes (the CI smoke run): same stages, ~2 min.")
+    ] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Delete OUT first instead of resuming what is there.")
+    ] = False,
+    set_: SetOption = None,
+) -> None:
+    """PairGRPO end to end on ShapesWorld: data, pairs, base model, training, before/after report.
+
+    Runs on a laptop CPU with exact rewards; finished stages are skipped on a re-run and an
+    interrupted training resumes. The report is OUT/report/index.html. --set overrides keys of the
+    embedded training config (src/pairuni/shapes/demo.yaml), e.g. --set train.max_steps=80.
+    """
+    import shutil
+
+    from pairuni.config import ConfigError
+    from pairuni.shapes.demo import DemoSettings, run_demo
+
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    settings = DemoSettings.quick_run() if quick else DemoSettings()
+    try:
+        state = run_demo(out, settings, set_ or [], echo=typer.echo)
+    except ConfigError as err:
+        fail(str(err))
+    table = state["report"]["result"]["table"]
+    width = max(len(row[0]) for row in table)
+    typer.echo(f"\n{'':{width}}   base  trained")
+    for name, before, after in table[:2]:
+        typer.echo(f"{name:{width}}  {before:5.3f}  {after:5.3f}")
+    typer.echo(f"report: {out / 'report' / 'index.html'}")
+
+
 @config_app.command("show")
 def config_show(config: ConfigOption = None, set_: SetOption = None) -> None:
     """Print the resolved config (defaults <- file <- --set) as YAML."""

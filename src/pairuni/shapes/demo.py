@@ -1,0 +1,243 @@
+"""`pairuni demo`: the whole PairUni pipeline on ShapesWorld, on a laptop CPU.
+
+Stages (each one's result is kept in `<out>/demo-state.json`, so a re-run skips what is done and
+an interrupted training resumes from its last checkpoint):
+
+1. data: ShapesWorld understanding and generation samples (`pairuni shapes data`);
+2. pairs: k-means medoids + greedy retrieval over weight-free pixel features, the oracle
+   completing the selected samples (`pairuni pairs build` / `complete`);
+3. base model: `pairuni shapes pretrain` (cached under `.cache/pairuni/shapes-base/`);
+4. evaluate the base model on held-out samples (MC accuracy, GenEval-style score);
+5. train with PairGRPO (`pairuni train` with the embedded `demo.yaml`);
+6. evaluate the trained model on the same held-out samples;
+7. report: metrics, reward curves, a before/after sample grid and a one-page HTML report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "demo-state.json"
+EVAL_SEED = 4242
+"""Seed of the held-out evaluation records: differs from the RL data (0) and SFT data (1009)."""
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes of one demo run. `quick()` is the CI smoke run: same stages, toy sizes."""
+
+    n_und: int = 1200
+    n_gen: int = 1200
+    num_clusters: int = 300
+    retrieve_threshold: float = 0.6
+    n_eval_und: int = 200
+    n_eval_gen: int = 120
+    max_steps: int | None = None
+    quick: bool = False
+
+    @classmethod
+    def quick_run(cls) -> DemoSettings:
+        return cls(
+            n_und=60,
+            n_gen=60,
+            num_clusters=12,
+            n_eval_und=12,
+            n_eval_gen=6,
+            max_steps=2,
+            quick=True,
+        )
+
+
+def demo_training_config(overrides: Sequence[str] = ()) -> Any:
+    """The embedded `demo.yaml` with `overrides` applied (a PairUniConfig)."""
+    from pairuni.config import load_config
+
+    with resources.as_file(resources.files("pairuni.shapes") / "demo.yaml") as path:
+        return load_config(path, list(overrides))
+
+
+class DemoState:
+    """The results of finished stages, saved after each one (atomically)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / STATE_FILE
+        self.data: dict[str, Any] = {}
+        if self.path.is_file():
+            self.data = json.loads(self.path.read_text(encoding="utf-8"))
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        if name in self.data:
+            return self.data[name]["result"]
+        start = time.perf_counter()
+        result = fn()
+        self.data[name] = {"result": result, "seconds": round(time.perf_counter() - start, 1)}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(self.path)
+        return result
+
+
+def run_demo(
+    out_dir: str | Path,
+    settings: DemoSettings | None = None,
+    overrides: Sequence[str] = (),
+    cache_dir: str | Path = ".cache/pairuni",
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every stage into `out_dir`; returns the state (each stage's result and time)."""
+    settings = settings or DemoSettings()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = DemoState(out)
+    cfg = demo_training_config(overrides)
+    if settings.max_steps is not None:
+        cfg.train.max_steps = settings.max_steps
+    stages: list[tuple[str, Callable[[], Any]]] = [
+        ("data", lambda: _data(out, settings, cfg.seed)),
+        ("pairs", lambda: _pairs(out, settings, cfg.seed, Path(cache_dir))),
+        ("base_model", lambda: _base_model(Path(cache_dir), settings)),
+        (
+            "evaluate_base",
+            lambda: _evaluate(state.data["base_model"]["result"]["path"], cfg, settings),
+        ),
+        ("train", lambda: _train(out, cfg, state)),
+        (
+            "evaluate_trained",
+            lambda: _evaluate(state.data["train"]["result"]["model"], cfg, settings),
+        ),
+        ("report", lambda: _report(out, cfg, state, settings)),
+    ]
+    for number, (name, fn) in enumerate(stages, 1):
+        echo(f"[{number}/{len(stages)}] {name.replace('_', ' ')}")
+        state.run(name, fn)
+    return state.data
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def _data(out: Path, settings: DemoSettings, seed: int) -> dict[str, Any]:
+    from pairuni.shapes.build import write_dataset
+
+    und, gen = write_dataset(out / "data", settings.n_und, settings.n_gen, seed=seed)
+    return {"understanding": str(und), "generation": str(gen)}
+
+
+def _pairs(out: Path, settings: DemoSettings, seed: int, cache: Path) -> dict[str, Any]:
+    from pairuni.pairing.annotators import make_annotator
+    from pairuni.pairing.build import run_build
+    from pairuni.pairing.complete import complete_records
+    from pairuni.pairing.config import PairingConfig
+    from pairuni.pairing.sources import load_samples
+
+    data = out / "data"
+    pc = PairingConfig.model_validate(
+        {
+            "sources": {
+                "understanding": [str(data / "understanding.jsonl")],
+                "generation": [str(data / "generation.jsonl")],
+            },
+            "complete": {"backend": "oracle", "cache_dir": str(cache / "completions")},
+            "features": {"extractor": "pixels", "cache_dir": str(cache / "features")},
+            "select": {"num_clusters": settings.num_clusters, "seed": seed},
+            "retrieve": {"threshold": settings.retrieve_threshold},
+        }
+    )
+    pairs = out / "pairs" / "pairs.jsonl"
+    pairs.parent.mkdir(parents=True, exist_ok=True)
+    quads = out / "pairs" / "quadruples.jsonl"
+    result = run_build(pc, str(pairs), [str(quads)] if quads.exists() else [], progress=True)
+    if result.needs_completion:
+        annotator = make_annotator(pc.complete, seed=seed)
+        for task in ("understanding", "generation"):
+            todo = pairs.with_name(f"{pairs.name}.needs-completion.{task}.jsonl")
+            if todo.exists():
+                samples = load_samples([str(todo)], task, pc.sources)  # type: ignore[arg-type]
+                complete_records(samples.records, task, quads, annotator, pc.complete)
+                todo.unlink()
+        result = run_build(pc, str(pairs), [str(quads)], progress=True)
+    from pairuni.pairing.stats import write_report
+
+    write_report(pairs, out / "pairs" / "report")
+    return {
+        "path": str(pairs),
+        "aligned": result.stats["aligned"],
+        "retrieved": result.stats["retrieved"],
+    }
+
+
+def _base_model(cache: Path, settings: DemoSettings) -> dict[str, Any]:
+    from pairuni.shapes.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig.quick() if settings.quick else PretrainConfig()
+    path = cache / "shapes-base" / config.settings_hash()
+    report = pretrain(path, config)
+    return {
+        "path": str(path),
+        "cached": bool(report.get("cached")),
+        "seconds": report.get("seconds", {}).get("total"),
+    }
+
+
+def heldout(settings: DemoSettings) -> tuple[list[dict], list[Any], list[dict]]:
+    """Held-out understanding records with their rendered images, and generation records."""
+    from pairuni.shapes.build import generation_record, understanding_record
+    from pairuni.shapes.render import render_scene
+    from pairuni.shapes.scene import Scene
+
+    und = [understanding_record(i, EVAL_SEED) for i in range(settings.n_eval_und)]
+    images = [render_scene(Scene.from_dict(r["scene"]), 32) for r in und]
+    gen = [generation_record(i, EVAL_SEED) for i in range(settings.n_eval_gen)]
+    return und, images, gen
+
+
+def _load_policy(path: str, cfg: Any) -> Any:
+    from pairuni.policy.janus import JanusPolicy
+
+    return JanusPolicy.load(path, cfg.model, cfg.rollout)
+
+
+def _evaluate(model_path: str, cfg: Any, settings: DemoSettings) -> dict[str, Any]:
+    from pairuni.shapes.pretrain import evaluate_generation, evaluate_understanding
+
+    policy = _load_policy(model_path, cfg)
+    und, images, gen = heldout(settings)
+    return {
+        "understanding": evaluate_understanding(policy, und, images, greedy=True, seed=EVAL_SEED),
+        "generation": evaluate_generation(policy, gen, seed=EVAL_SEED),
+    }
+
+
+def _train(out: Path, cfg: Any, state: DemoState) -> dict[str, Any]:
+    from pairuni.rl.checkpoint import latest_checkpoint
+    from pairuni.rl.trainer import PairGRPOTrainer
+
+    cfg.model.path = state.data["base_model"]["result"]["path"]
+    cfg.data.path = state.data["pairs"]["result"]["path"]
+    cfg.train.out_dir = str(out / "train")
+    cfg.train.save_every = min(cfg.train.save_every, cfg.train.max_steps)
+    trainer = PairGRPOTrainer(cfg, resume=latest_checkpoint(Path(cfg.train.out_dir)) is not None)
+    trainer.train()
+    final = latest_checkpoint(Path(cfg.train.out_dir))
+    assert final is not None, "the trainer saves a checkpoint at its last step"
+    return {
+        "model": str(final / "model"),
+        "steps": trainer.step,
+        "metrics": str(Path(cfg.train.out_dir) / "metrics.jsonl"),
+    }
+
+
+def _report(out: Path, cfg: Any, state: DemoState, settings: DemoSettings) -> dict[str, Any]:
+    from pairuni.shapes.report import write_demo_report
+
+    return write_demo_report(out / "report", cfg, state.data, settings)
+
+
+def settings_dict(settings: DemoSettings) -> dict[str, Any]:
+    return asdict(settings)
