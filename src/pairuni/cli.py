@@ -9,7 +9,16 @@ import typer
 
 from pairuni import __version__
 from pairuni.cliutils import ConfigOption, SetOption, fail, load_config_or_exit
+from pairuni.eval.cli import eval_app
+from pairuni.pairing.cli import pairs_app
+from pairuni.policy import cli as policy_cli
 from pairuni.rewards.cli import reward_server
+from pairuni.rl.cli import train as train_command
+from pairuni.shapes.cli import shapes_app
+
+PIPELINE = "The pipeline"
+CHECKPOINT = "A first look at a checkpoint"
+TOOLS = "Tools"
 
 app = typer.Typer(
     name="pairuni",
@@ -23,7 +32,6 @@ app = typer.Typer(
 )
 
 config_app = typer.Typer(help="Show, check and document configs.", no_args_is_help=True)
-app.add_typer(config_app, name="config")
 
 
 def _version(value: bool) -> None:
@@ -41,7 +49,7 @@ def _root(
     """RL fine-tuning of unified vision-language models with understanding-generation pairs."""
 
 
-@app.command("demo")
+@app.command("demo", rich_help_panel=PIPELINE)
 def demo(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder of the run and its report.")
@@ -63,6 +71,9 @@ def demo(
     import shutil
 
     from pairuni.config import ConfigError
+    from pairuni.data.errors import DataError
+    from pairuni.rewards.base import RewardError
+    from pairuni.rl.trainer import TrainingSetupError
     from pairuni.shapes.demo import DemoSettings, run_demo
 
     if fresh and out.exists():
@@ -70,8 +81,8 @@ def demo(
     settings = DemoSettings.quick_run() if quick else DemoSettings()
     try:
         state = run_demo(out, settings, set_ or [], echo=typer.echo)
-    except ConfigError as err:
-        fail(str(err))
+    except (ConfigError, DataError, RewardError, TrainingSetupError) as err:
+        fail(f"{err}\n(finished stages are kept in {out}; fix the cause and run again)")
     table = state["report"]["result"]["table"]
     width = max(len(row[0]) for row in table)
     typer.echo(f"\n{'':{width}}   base  trained")
@@ -118,29 +129,16 @@ def config_docs(
         typer.echo(f"wrote {out}")
 
 
-app.command("reward-server")(reward_server)
-
-from pairuni.shapes.cli import shapes_app  # noqa: E402
-
-app.add_typer(shapes_app, name="shapes")
-
-from pairuni.policy import cli as policy_cli  # noqa: E402
-
-app.command("generate")(policy_cli.generate)
-app.command("answer")(policy_cli.answer)
-app.command("tiny-model")(policy_cli.tiny_model)
-
-from pairuni.rl.cli import train as train_command  # noqa: E402
-
-app.command("train")(train_command)
-
-from pairuni.eval.cli import eval_app  # noqa: E402
-
-app.add_typer(eval_app, name="eval")
-
-from pairuni.pairing.cli import pairs_app  # noqa: E402
-
-app.add_typer(pairs_app, name="pairs")
+# Registration order is the order of `pairuni --help` within each panel.
+app.add_typer(pairs_app, name="pairs", rich_help_panel=PIPELINE)
+app.command("train", rich_help_panel=PIPELINE)(train_command)
+app.add_typer(eval_app, name="eval", rich_help_panel=PIPELINE)
+app.command("generate", rich_help_panel=CHECKPOINT)(policy_cli.generate)
+app.command("answer", rich_help_panel=CHECKPOINT)(policy_cli.answer)
+app.add_typer(shapes_app, name="shapes", rich_help_panel=TOOLS)
+app.command("reward-server", rich_help_panel=TOOLS)(reward_server)
+app.command("tiny-model", rich_help_panel=TOOLS)(policy_cli.tiny_model)
+app.add_typer(config_app, name="config", rich_help_panel=TOOLS)
 
 
 def main() -> None:
