@@ -15,6 +15,7 @@ that passes with this model cannot rely on a hard-coded token id.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,21 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(num_merges: int = 64) -> Any:
-    """A byte-level BPE tokenizer (256 bytes + `num_merges` merges + the special tokens last)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+def build_tokenizer(
+    num_merges: int = 64, corpus: Iterable[str] | None = None, boilerplate: Sequence[str] = ()
+) -> Any:
+    """A byte-level BPE tokenizer: 256 bytes + `num_merges` merges learned on `corpus` (a few
+    built-in sentences by default), then the `boilerplate` strings as single added tokens, then
+    the special tokens last."""
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE())
@@ -69,7 +82,9 @@ def build_tokenizer(num_merges: int = 64) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(_CORPUS, trainer=trainer)
+    backend.train_from_iterator(_CORPUS if corpus is None else corpus, trainer=trainer)
+    if boilerplate:
+        backend.add_tokens([AddedToken(text, normalized=False) for text in boilerplate])
     backend.add_special_tokens(SPECIAL_TOKENS)  # appended after the learned vocabulary
     # Like the Janus-Pro (Llama) tokenizer, prepend BOS to every encoded text.
     backend.post_processor = processors.TemplateProcessing(

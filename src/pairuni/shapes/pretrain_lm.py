@@ -32,7 +32,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pairuni.policy.tiny import BOI, BOS, EOI, EOS, IMAGE, PAD, SPECIAL_TOKENS, TINY_CHAT_TEMPLATE
+from pairuni.policy.tiny import (
+    BOI,
+    BOS,
+    EOS,
+    IMAGE,
+    PAD,
+    SPECIAL_TOKENS,
+    TINY_CHAT_TEMPLATE,
+    build_tokenizer,
+)
 from pairuni.shapes.scene import Scene
 
 THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
@@ -75,41 +84,9 @@ def build_shapes_tokenizer(
     corpus: Iterable[str], vocab_size: int, boilerplate: Sequence[str]
 ) -> Any:
     """A `PreTrainedTokenizerFast`: byte-level BPE of `vocab_size` (bytes + merges) trained on
-    `corpus`, then the `boilerplate` strings as added tokens, then the special tokens last."""
-    from tokenizers import (
-        AddedToken,
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(corpus, trainer=trainer)
-    backend.add_tokens([AddedToken(text, normalized=False) for text in boilerplate])
-    backend.add_special_tokens(SPECIAL_TOKENS)
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", special_tokens=[(BOS, backend.token_to_id(BOS))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        padding_side="left",
-        model_max_length=4096,
-        extra_special_tokens={"image_token": IMAGE, "boi_token": BOI, "eoi_token": EOI},
-    )
+    `corpus`, then the `boilerplate` strings as added tokens, then the special tokens last (the
+    tiny Janus tokenizer, with a corpus and boilerplate of ShapesWorld)."""
+    return build_tokenizer(vocab_size - 256, corpus=corpus, boilerplate=boilerplate)
 
 
 @dataclass(frozen=True)
