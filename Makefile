@@ -12,7 +12,7 @@ PYTEST_MARKS ?= $(if $(CI),slow or not slow,not slow)
 .PHONY: demo test test-all test-fast lint docs install install-dev clean
 
 demo: $(VENV)/.installed
-	$(BIN)/pairuni demo --quick
+	$(BIN)/pairuni demo
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "$(PYTEST_MARKS)" $(PYTEST_ARGS)
