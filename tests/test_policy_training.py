@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
+from janus_helpers import PROMPTS, QUESTIONS, images, load
 from pairuni.policy.base import TextRollout
 from pairuni.policy.config import ModelConfig, RolloutConfig
 from pairuni.policy.janus import (
@@ -20,33 +20,6 @@ from pairuni.policy.janus import (
     resolve_dtype,
 )
 from pairuni.policy.tiny import build_tiny_janus
-
-TOL = 1e-5
-QUESTIONS = ["what colour is it?", "how many shapes are there in the picture, and where?"]
-PROMPTS = ["a red square", "two blue circles on a green field under a cloudy sky"]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(2)
-    return build_tiny_janus(tmp_path_factory.mktemp("tiny") / "janus")
-
-
-def load(path: Path, **rollout: object) -> JanusPolicy:
-    # no system prompt keeps the prompts short (fast tests); one test checks the default one
-    cfg = RolloutConfig(**{"max_new_tokens": 10, "system_prompt": "", **rollout})
-    return JanusPolicy.load(path, ModelConfig(device="cpu"), cfg)
-
-
-@pytest.fixture(scope="module")
-def policy(tiny_dir: Path) -> JanusPolicy:
-    return load(tiny_dir)
-
-
-def images() -> list[Image.Image]:
-    # two sizes, neither the model's 32 px: the processor must resize them
-    return [Image.new("RGB", (37, 23), (200, 30, 30)), Image.new("RGB", (50, 90), (10, 10, 220))]
-
 
 # ----------------------------------------------------------------------------- records
 
