@@ -65,8 +65,8 @@ def demo_training_config(overrides: Sequence[str] = ()) -> Any:
 class DemoState:
     """The results of finished stages, saved after each one (atomically)."""
 
-    def __init__(self, out: Path) -> None:
-        self.path = out / STATE_FILE
+    def __init__(self, out: Path, filename: str = STATE_FILE) -> None:
+        self.path = out / filename
         self.data: dict[str, Any] = {}
         if self.path.is_file():
             self.data = json.loads(self.path.read_text(encoding="utf-8"))
@@ -99,17 +99,17 @@ def run_demo(
     if settings.max_steps is not None:
         cfg.train.max_steps = settings.max_steps
     stages: list[tuple[str, Callable[[], Any]]] = [
-        ("data", lambda: _data(out, settings, cfg.seed)),
-        ("pairs", lambda: _pairs(out, settings, cfg.seed, Path(cache_dir))),
-        ("base_model", lambda: _base_model(Path(cache_dir), settings)),
+        ("data", lambda: make_data(out, settings, cfg.seed)),
+        ("pairs", lambda: make_pairs(out, settings, cfg.seed, Path(cache_dir))),
+        ("base_model", lambda: make_base_model(Path(cache_dir), settings)),
         (
             "evaluate_base",
-            lambda: _evaluate(state.data["base_model"]["result"]["path"], cfg, settings),
+            lambda: evaluate_model(state.data["base_model"]["result"]["path"], cfg, settings),
         ),
-        ("train", lambda: _train(out, cfg, state)),
+        ("train", lambda: train_model(out, cfg, state)),
         (
             "evaluate_trained",
-            lambda: _evaluate(state.data["train"]["result"]["model"], cfg, settings),
+            lambda: evaluate_model(state.data["train"]["result"]["model"], cfg, settings),
         ),
         ("report", lambda: _report(out, cfg, state, settings)),
     ]
@@ -122,14 +122,16 @@ def run_demo(
 # ----------------------------------------------------------------------------- stages
 
 
-def _data(out: Path, settings: DemoSettings, seed: int) -> dict[str, Any]:
+def make_data(out: Path, settings: DemoSettings, seed: int) -> dict[str, Any]:
+    """ShapesWorld understanding and generation samples under `out/data`."""
     from pairuni.shapes.build import write_dataset
 
     und, gen = write_dataset(out / "data", settings.n_und, settings.n_gen, seed=seed)
     return {"understanding": str(und), "generation": str(gen)}
 
 
-def _pairs(out: Path, settings: DemoSettings, seed: int, cache: Path) -> dict[str, Any]:
+def make_pairs(out: Path, settings: DemoSettings, seed: int, cache: Path) -> dict[str, Any]:
+    """PairUG pairs from `out/data` into `out/pairs/pairs.jsonl` (oracle completion)."""
     from pairuni.pairing.annotators import make_annotator
     from pairuni.pairing.build import run_build
     from pairuni.pairing.complete import complete_records
@@ -172,7 +174,8 @@ def _pairs(out: Path, settings: DemoSettings, seed: int, cache: Path) -> dict[st
     }
 
 
-def _base_model(cache: Path, settings: DemoSettings) -> dict[str, Any]:
+def make_base_model(cache: Path, settings: DemoSettings) -> dict[str, Any]:
+    """The ShapesWorld base model, built once per settings hash under `cache/shapes-base`."""
     from pairuni.shapes.pretrain import PretrainConfig, pretrain
 
     config = PretrainConfig.quick() if settings.quick else PretrainConfig()
@@ -203,7 +206,8 @@ def _load_policy(path: str, cfg: Any) -> Any:
     return JanusPolicy.load(path, cfg.model, cfg.rollout)
 
 
-def _evaluate(model_path: str, cfg: Any, settings: DemoSettings) -> dict[str, Any]:
+def evaluate_model(model_path: str, cfg: Any, settings: DemoSettings) -> dict[str, Any]:
+    """Greedy MC accuracy and GenEval-style score of `model_path` on the held-out sets."""
     from pairuni.shapes.pretrain import evaluate_generation, evaluate_understanding
 
     policy = _load_policy(model_path, cfg)
@@ -214,7 +218,8 @@ def _evaluate(model_path: str, cfg: Any, settings: DemoSettings) -> dict[str, An
     }
 
 
-def _train(out: Path, cfg: Any, state: DemoState) -> dict[str, Any]:
+def train_model(out: Path, cfg: Any, state: DemoState) -> dict[str, Any]:
+    """PairGRPO from the state's base model on its pairs into `out/train` (resumes)."""
     from pairuni.rl.checkpoint import latest_checkpoint
     from pairuni.rl.trainer import PairGRPOTrainer
 

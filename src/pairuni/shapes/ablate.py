@@ -1,0 +1,505 @@
+"""`pairuni shapes ablate`: the paper's data and weighting ablations (Tables 5 and 6, Fig. 8) in
+miniature on ShapesWorld.
+
+Every run trains the demo's recipe (`demo.yaml`) from the same base model on the same data and
+pairs; a setting changes one key (`data.mode` or `algo.pair_weighting`) and a seed changes the
+RL `seed` (rollout sampling, shuffles). The shared stages and each finished run are saved in
+`<out>/ablate-state.json` as soon as they are done, so a re-run skips them and an interrupted
+training resumes from its last checkpoint. Outputs: `results.json`, `table.md`,
+`grad_agreement.png` and `curves.png` in `<out>/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pairuni.shapes.demo import (
+    DemoSettings,
+    DemoState,
+    demo_training_config,
+    evaluate_model,
+    make_base_model,
+    make_data,
+    make_pairs,
+    train_model,
+)
+
+STATE_FILE = "ablate-state.json"
+COMMON_OVERRIDES: tuple[str, ...] = ("logging.grad_agreement_every=2",)
+"""Applied to every run (the same for all settings): a denser gradient-agreement log than the
+demo's every 5 steps, so that each run gives enough cosines for a median."""
+ABLATED_KEYS = ("seed", "data.mode", "algo.pair_weighting")
+"""Keys the ablation sets itself; `--set` may not touch them."""
+UNDERSTANDING_TASK_METRIC = "und/reward"
+GENERATION_TASK_METRIC = "gen/reward"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ablation arm: its overrides of the demo config and the paper row it mirrors."""
+
+    name: str
+    overrides: tuple[str, ...]
+    paper_row: str
+    two_tasks: bool = True
+    """Whether a step holds both tasks (only then does the trainer measure `grad_cosine`)."""
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting("unpaired", ("data.mode=unpaired",), "Unpair (Table 5)"),
+        Setting("random_pairs", ("data.mode=random_pairs",), "Random Pair (Table 5)"),
+        Setting(
+            "pairgrpo_no_weight",
+            ("data.mode=pairs", "algo.pair_weighting=none"),
+            "PairUni w/o sim (Table 6)",
+        ),
+        Setting(
+            "pairgrpo_sqrt",
+            ("data.mode=pairs", "algo.pair_weighting=sqrt"),
+            "PairUni, sqrt(s_p) (Tables 5-6)",
+        ),
+        Setting(
+            "understanding_only",
+            ("data.mode=understanding_only",),
+            "understanding-only (Fig. 8)",
+            two_tasks=False,
+        ),
+        Setting(
+            "generation_only",
+            ("data.mode=generation_only",),
+            "generation-only (Fig. 8)",
+            two_tasks=False,
+        ),
+    )
+}
+
+
+class AblationError(ValueError):
+    """A request the ablation cannot run; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (n - 1 in the denominator; None when n < 2)."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    def format(self, digits: int = 3) -> str:
+        if self.std is None:
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def check_settings(names: Sequence[str]) -> list[str]:
+    """The names, in order and without repeats; AblationError naming the valid ones."""
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        raise AblationError(
+            f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(SETTINGS)}"
+        )
+    if not names:
+        raise AblationError(f"no setting given; valid settings: {', '.join(SETTINGS)}")
+    return list(dict.fromkeys(names))
+
+
+def check_user_overrides(overrides: Sequence[str]) -> None:
+    """Refuse `--set` on the keys the ablation varies itself."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in ABLATED_KEYS:
+            raise AblationError(
+                f"--set {item}: `{key}` is what the ablation varies (settings set data.mode and "
+                f"algo.pair_weighting, --seeds sets seed); drop this --set"
+            )
+
+
+def run_overrides(setting: str, seed: int, user_overrides: Sequence[str] = ()) -> list[str]:
+    """The `--set` list of one run, applied in order on top of `demo.yaml`."""
+    return [*COMMON_OVERRIDES, *user_overrides, *SETTINGS[setting].overrides, f"seed={seed}"]
+
+
+def run_config(
+    setting: str, seed: int, user_overrides: Sequence[str] = (), max_steps: int | None = None
+) -> Any:
+    """The PairUniConfig of one run (model, data and output paths are filled in by training)."""
+    cfg = demo_training_config(run_overrides(setting, seed, user_overrides))
+    if max_steps is not None:
+        cfg.train.max_steps = max_steps
+    return cfg
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def mean_std(values: Sequence[float]) -> Stat:
+    """Mean and sample standard deviation of `values` (at least one)."""
+    if not values:
+        raise ValueError("mean_std needs at least one value")
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Stat(statistics.fmean(values), std, len(values))
+
+
+def grad_cosines(rows: Sequence[dict[str, Any]]) -> list[float]:
+    """The finite `grad_cosine` values of a metrics.jsonl, in step order."""
+    values = [r.get("grad_cosine") for r in rows]
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def reward_curve(rows: Sequence[dict[str, Any]], key: str) -> list[list[float]]:
+    """[[step, mean reward of the step's rollouts], ...] for one task's metric key."""
+    return [[r["step"], float(r[key])] for r in rows if r.get(key) is not None]
+
+
+def mean_curve(curves: Sequence[Sequence[Sequence[float]]]) -> list[tuple[float, float]]:
+    """Average several [[step, value], ...] curves step by step (over the curves having it)."""
+    by_step: dict[float, list[float]] = {}
+    for curve in curves:
+        for step, value in curve:
+            by_step.setdefault(step, []).append(value)
+    return [(step, statistics.fmean(by_step[step])) for step in sorted(by_step)]
+
+
+def generation_tags(generation: dict[str, Any]) -> dict[str, float]:
+    """The per-tag GenEval-style scores of an `evaluate_generation` result."""
+    return {k: v for k, v in generation.items() if k not in ("overall", "cfg_scale") and _is_num(v)}
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± sample std over seeds of one setting's run results.
+
+    `grad_cosine` is the mean ± std of each run's median cosine (None when no run logged one);
+    `grad_cosine_pooled_median` is the median over all logged steps of all seeds."""
+    understanding = [r["evaluation"]["understanding"] for r in runs]
+    generation = [r["evaluation"]["generation"] for r in runs]
+    medians = [statistics.median(r["grad_cosine"]) for r in runs if r["grad_cosine"]]
+    pooled = [c for r in runs for c in r["grad_cosine"]]
+    return {
+        "n": len(runs),
+        "mc_accuracy": asdict(mean_std([u["accuracy"] for u in understanding])),
+        "geneval_overall": asdict(mean_std([g["overall"] for g in generation])),
+        "grad_cosine": asdict(mean_std(medians)) if medians else None,
+        "grad_cosine_pooled_median": statistics.median(pooled) if pooled else None,
+        "per_category": {
+            name: asdict(mean_std([u["per_category"][name] for u in understanding]))
+            for name in understanding[0]["per_category"]
+        },
+        "per_tag": {
+            name: asdict(mean_std([generation_tags(g)[name] for g in generation]))
+            for name in generation_tags(generation[0])
+        },
+    }
+
+
+def base_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The base model's single evaluation in the shape of `summarize_runs`."""
+    return summarize_runs([{"evaluation": evaluation, "grad_cosine": []}])
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def _cell(stat: dict[str, Any] | None, missing: str) -> str:
+    return missing if stat is None else Stat(**stat).format()
+
+
+def render_table(results: dict[str, Any]) -> str:
+    """Markdown: the main table (one row per setting) and the per-category breakdown."""
+    summary, names = results["summary"], list(results["summary"])
+    lines = [
+        "# ShapesWorld ablation (`pairuni shapes ablate`)",
+        "",
+        f"{results['steps']} PairGRPO steps per run from the same base model, data and pairs; "
+        f"seeds {', '.join(map(str, results['seeds']))}. Held-out scores (greedy MC accuracy, "
+        "GenEval-style overall of one CFG image per prompt) as mean ± sample std over seeds; "
+        "grad_cosine is the median over a run's logged steps, then mean ± std over seeds.",
+        "",
+        "| setting | paper row | n | MC accuracy | GenEval-style overall | median grad_cosine |",
+        "|---|---|---|---|---|---|",
+        _row("base model", "the model before RL", results["base"], "n/a"),
+    ]
+    notes: set[int] = set()
+    for name in names:
+        setting = SETTINGS[name]
+        note = 2 if setting.two_tasks else 1
+        if summary[name]["grad_cosine"] is None:
+            notes.add(note)
+        lines.append(_row(name, setting.paper_row, summary[name], f"n/a{'¹²'[note - 1]}"))
+    for note in sorted(notes):
+        lines += ["", _FOOTNOTES[note]]
+    lines += ["", *_breakdown(results)]
+    return "\n".join(lines) + "\n"
+
+
+_FOOTNOTES = {
+    1: (
+        "¹ single-task settings have no gradient cosine: the trainer measures it only on steps "
+        "that hold both an understanding and a generation loss."
+    ),
+    2: ("² not logged: `logging.grad_agreement_every` is 0 or larger than the number of steps."),
+}
+
+
+def _row(name: str, paper: str, summary: dict[str, Any], missing_cosine: str) -> str:
+    cells = [
+        name,
+        paper,
+        str(summary["n"]),
+        _cell(summary["mc_accuracy"], "n/a"),
+        _cell(summary["geneval_overall"], "n/a"),
+        _cell(summary["grad_cosine"], missing_cosine),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _breakdown(results: dict[str, Any]) -> list[str]:
+    """Two tables: understanding accuracy per question category, generation score per tag."""
+    rows = {"base model": results["base"], **results["summary"]}
+    lines: list[str] = []
+    for key, title in (
+        ("per_category", "Understanding: greedy MC accuracy per question category"),
+        ("per_tag", "Generation: GenEval-style score per tag"),
+    ):
+        columns = list(results["base"][key])
+        lines += [
+            f"## {title}",
+            "",
+            "| setting | " + " | ".join(columns) + " |",
+            "|---" * (len(columns) + 1) + "|",
+        ]
+        for name, summary in rows.items():
+            cells = [_cell(summary[key].get(c), "n/a") for c in columns]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines[:-1]
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def plot_grad_agreement(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Per setting: box plot of grad_cosine over all logged steps and seeds, median marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.6 * max(3, len(runs)) + 1, 4))
+    for x, (name, results) in enumerate(runs.items(), 1):
+        values = [c for r in results for c in r["grad_cosine"]]
+        if not values:
+            reason = "one task\nper step" if not SETTINGS[name].two_tasks else "not logged"
+            ax.text(x, 0.0, f"n/a\n({reason})", ha="center", va="center", fontsize=8)
+            continue
+        ax.boxplot([values], positions=[x], widths=0.5, showfliers=True)
+        ax.plot([x], [statistics.median(values)], marker="D", color="tab:red", markersize=5)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(1, len(runs) + 1), list(runs), rotation=20, fontsize=8)
+    ax.set_xlim(0.4, len(runs) + 0.6)
+    ax.set(ylabel="cosine(grad und, grad gen)", title="Gradient agreement (red: median)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_reward_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Mean reward per task against the step, one line per setting averaged over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, task, title in (
+        (axes[0], "und", "Understanding reward (MC accuracy)"),
+        (axes[1], "gen", "Generation reward (GenEval clauses met)"),
+    ):
+        for name, results in runs.items():
+            curve = mean_curve([r["rewards"][task] for r in results if r["rewards"][task]])
+            if curve:
+                # one colour per setting in both panels (single-task settings skip one panel)
+                color = f"C{list(SETTINGS).index(name)}"
+                ax.plot(*zip(*curve, strict=True), marker=".", label=name, color=color)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="step", ylabel="mean reward of the step's rollouts", title=title)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- the runs
+
+
+def run_ablation(
+    out_dir: str | Path,
+    settings: Sequence[str] = tuple(SETTINGS),
+    seeds: int = 3,
+    demo_settings: DemoSettings | None = None,
+    overrides: Sequence[str] = (),
+    cache_dir: str | Path = ".cache/pairuni",
+    echo: Callable[[str], None] = print,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate every (setting, seed) into `out_dir`; returns what results.json holds.
+
+    `demo_settings` gives the data, pair and held-out sizes and `max_steps` (None: demo.yaml's);
+    `overrides` are `--set` items applied to every run. Finished runs are skipped on a re-run."""
+    names = check_settings(settings)
+    if seeds < 1:
+        raise AblationError(f"seeds must be at least 1 (got {seeds})")
+    check_user_overrides(overrides)
+    demo_settings = demo_settings or DemoSettings()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = DemoState(out, STATE_FILE)
+    _check_recipe(state, out, demo_settings, overrides)
+    base_cfg = demo_training_config([*COMMON_OVERRIDES, *overrides])
+    _shared_stages(state, out, demo_settings, base_cfg, Path(cache_dir), echo)
+    jobs = [(name, seed) for name in names for seed in range(seeds)]
+    for number, (name, seed) in enumerate(jobs, 1):
+        key = f"run/{name}/seed{seed}"
+        done = " (done earlier, skipped)" if key in state.data else " ..."
+        echo(f"[{number}/{len(jobs)}] {name} seed {seed}{done}")
+        state.run(key, lambda n=name, s=seed: _run(out, n, s, state, demo_settings, overrides))
+    results = _results(state, names, seeds, overrides, command)
+    _write_outputs(out, results)
+    return results
+
+
+def _check_recipe(
+    state: DemoState, out: Path, demo_settings: DemoSettings, overrides: Sequence[str]
+) -> None:
+    """Finished runs are only comparable under one recipe: refuse to mix two in one folder."""
+    recipe = {
+        "demo_settings": asdict(demo_settings),
+        "common_overrides": list(COMMON_OVERRIDES),
+        "overrides": list(overrides),
+    }
+    saved = state.data.get("recipe", {}).get("result")
+    if saved is not None and saved != recipe:
+        changed = sorted(k for k in recipe if saved.get(k) != recipe[k])
+        raise AblationError(
+            f"{out} holds an ablation with another recipe ({', '.join(changed)} differ: "
+            f"saved {json.dumps({k: saved.get(k) for k in changed})}); pass --fresh to start "
+            "over, use another --out, or repeat the saved options"
+        )
+    state.run("recipe", lambda: recipe)
+
+
+def _shared_stages(
+    state: DemoState,
+    out: Path,
+    settings: DemoSettings,
+    cfg: Any,
+    cache: Path,
+    echo: Callable[[str], None],
+) -> None:
+    stages: list[tuple[str, Callable[[], Any]]] = [
+        ("data", lambda: make_data(out, settings, cfg.seed)),
+        ("pairs", lambda: make_pairs(out, settings, cfg.seed, cache)),
+        ("base_model", lambda: make_base_model(cache, settings)),
+        (
+            "evaluate_base",
+            lambda: evaluate_model(state.data["base_model"]["result"]["path"], cfg, settings),
+        ),
+    ]
+    for name, fn in stages:
+        if name not in state.data:
+            echo(f"[shared] {name.replace('_', ' ')}")
+        state.run(name, fn)
+
+
+def _run(
+    out: Path,
+    setting: str,
+    seed: int,
+    state: DemoState,
+    demo_settings: DemoSettings,
+    overrides: Sequence[str],
+) -> dict[str, Any]:
+    """Train one (setting, seed) into `out/runs/<setting>/seed<k>/train`, evaluate, read logs."""
+    from pairuni.shapes.report import read_metrics
+
+    cfg = run_config(setting, seed, overrides, demo_settings.max_steps)
+    trained = train_model(out / "runs" / setting / f"seed{seed}", cfg, state)
+    evaluation = evaluate_model(trained["model"], cfg, demo_settings)
+    rows = read_metrics(Path(trained["metrics"]))
+    return {
+        "setting": setting,
+        "seed": seed,
+        "overrides": run_overrides(setting, seed, overrides),
+        "model": trained["model"],
+        "steps": trained["steps"],
+        "evaluation": evaluation,
+        "grad_cosine": grad_cosines(rows),
+        "rewards": {
+            "und": reward_curve(rows, UNDERSTANDING_TASK_METRIC),
+            "gen": reward_curve(rows, GENERATION_TASK_METRIC),
+        },
+    }
+
+
+def _results(
+    state: DemoState,
+    names: list[str],
+    seeds: int,
+    overrides: Sequence[str],
+    command: str | None,
+) -> dict[str, Any]:
+    runs = {n: [state.data[f"run/{n}/seed{s}"]["result"] for s in range(seeds)] for n in names}
+    seconds = {n: [state.data[f"run/{n}/seed{s}"]["seconds"] for s in range(seeds)] for n in names}
+    steps = {r["steps"] for rs in runs.values() for r in rs}
+    return {
+        "command": command,
+        "recipe": state.data["recipe"]["result"],
+        "settings": {
+            n: {"overrides": list(SETTINGS[n].overrides), "paper_row": SETTINGS[n].paper_row}
+            for n in names
+        },
+        "seeds": list(range(seeds)),
+        "steps": steps.pop() if len(steps) == 1 else sorted(steps),
+        "pairs": state.data["pairs"]["result"],
+        "base_model": state.data["base_model"]["result"],
+        "base": base_summary(state.data["evaluate_base"]["result"]),
+        "base_evaluation": state.data["evaluate_base"]["result"],
+        "summary": {n: summarize_runs(runs[n]) for n in names},
+        "runs": runs,
+        "seconds": seconds,
+    }
+
+
+def _write_outputs(out: Path, results: dict[str, Any]) -> None:
+    _atomic_write(out / "results.json", json.dumps(results, indent=2) + "\n")
+    _atomic_write(out / "table.md", render_table(results))
+    plot_grad_agreement(results["runs"], out / "grad_agreement.png")
+    plot_reward_curves(results["runs"], out / "curves.png")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def with_steps(settings: DemoSettings, steps: int | None) -> DemoSettings:
+    """`settings` with `max_steps` replaced when `steps` is given."""
+    return settings if steps is None else replace(settings, max_steps=steps)
