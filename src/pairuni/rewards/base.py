@@ -90,6 +90,7 @@ def load_builtin_rewards() -> None:
         return
     _BUILTINS_LOADED = True
     from pairuni.rewards import generation, server, shapes, understanding  # noqa: F401
+    from pairuni.rl import demo  # noqa: F401  (the toy rewards of configs/tiny.yaml)
 
 
 def registered_rewards() -> dict[str, RegisteredReward]:
