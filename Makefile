@@ -9,10 +9,14 @@ PYTEST_ARGS ?=
 # Tests marked `slow` run in CI (CI=true) and in `make test-all`; a local `make test` skips them.
 PYTEST_MARKS ?= $(if $(CI),slow or not slow,not slow)
 
-.PHONY: demo test test-all test-fast lint docs install install-dev clean
+.PHONY: demo ablate test test-all test-fast lint docs install install-dev clean
 
 demo: $(VENV)/.installed
 	$(BIN)/pairuni demo
+
+# The ShapesWorld ablation (docs/shapes.md): 6 settings x 3 seeds, about half an hour on 2 cores.
+ablate: $(VENV)/.installed
+	$(BIN)/pairuni shapes ablate --out runs/ablate
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "$(PYTEST_MARKS)" $(PYTEST_ARGS)

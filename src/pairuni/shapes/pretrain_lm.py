@@ -55,18 +55,31 @@ def scene_description(scene: Scene) -> str:
     return ", ".join(obj.describe() for obj in ordered)
 
 
-def completion_text(options: Sequence[str], answer: str, scene: Scene | None = None) -> str:
-    """The SFT target of an understanding sample: a short think, then the letter.
+def completion_text(
+    options: Sequence[str],
+    answer: str,
+    scene: Scene | None = None,
+    answer_style: str = "letter",
+) -> str:
+    """The SFT target of an understanding sample: a short think, then the answer.
 
     With a scene the think lists what is in the image ("small red circle, large blue square"):
     every one of its tokens is grounded in the picture, a much denser signal for the vision path
     than one answer letter, and what RL then samples is a short look-then-answer. Without a
     scene the think is the chosen option's text.
+
+    `answer_style` `letter` answers with the option letter ("B"), `text` with the option's text
+    ("blue"); the `mc_accuracy` reward scores both (an answer equal to exactly one option's text
+    is that option). `text` spares a small model the hop from the answer to its letter, which a
+    2-3 layer model does not learn within the pretraining budget (docs/shapes.md).
     """
     letter = answer.strip().upper()
     index = "ABCDEFGHIJ".index(letter)
     think = scene_description(scene) if scene is not None else options[index]
-    return f"{THINK_OPEN}{think}{THINK_CLOSE}{ANSWER_OPEN}{letter}{ANSWER_CLOSE}"
+    if answer_style not in ("letter", "text"):
+        raise ValueError(f"answer_style must be 'letter' or 'text', not {answer_style!r}")
+    said = letter if answer_style == "letter" else options[index]
+    return f"{THINK_OPEN}{think}{THINK_CLOSE}{ANSWER_OPEN}{said}{ANSWER_CLOSE}"
 
 
 def boilerplate_tokens(und_template: str, system_prompt: str) -> list[str]:
