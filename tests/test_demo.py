@@ -42,6 +42,15 @@ def test_before_after_rows() -> None:
         ("understanding: color", 0.5, 0.75),
         ("generation: counting", 0.2, 0.4),
     ]
+    sampled = {"understanding_sampled": {"accuracy": 0.3}}
+    rows = before_after_rows(
+        {**before, **sampled}, {**after, "understanding_sampled": {"accuracy": 0.4}}
+    )
+    assert rows[:3] == [
+        ("MC accuracy (greedy)", 0.25, 0.5),
+        ("MC accuracy (sampled, T=1, mean of 3)", 0.3, 0.4),
+        ("GenEval-style overall", 0.1, 0.3),
+    ]
 
 
 def test_curves_plot_from_metrics(tmp_path: Path) -> None:

@@ -75,6 +75,7 @@ def _run(mc: float, overall: float, cosines: list[float], color: float = 0.5) ->
     return {
         "evaluation": {
             "understanding": {"accuracy": mc, "per_category": {"color": color}},
+            "understanding_sampled": {"accuracy": mc / 2},
             "generation": {"cfg_scale": 5.0, "overall": overall, "counting": overall / 2},
         },
         "grad_cosine": cosines,
@@ -96,6 +97,13 @@ def test_summarize_runs_on_hand_computed_numbers() -> None:
     assert summary["per_category"]["color"]["mean"] == pytest.approx(0.75)
     assert summary["per_tag"]["counting"]["mean"] == pytest.approx(0.1)
     assert set(summary["per_tag"]) == {"counting"}  # cfg_scale and overall are not tags
+
+
+def test_sampled_accuracy_is_summarised_only_when_every_run_has_it() -> None:
+    runs = [_run(0.2, 0.1, []), _run(0.4, 0.3, [])]
+    assert summarize_runs(runs)["mc_accuracy_sampled"]["mean"] == pytest.approx(0.15)
+    del runs[1]["evaluation"]["understanding_sampled"]  # a result from before it was measured
+    assert summarize_runs(runs)["mc_accuracy_sampled"] is None
 
 
 def test_single_task_runs_have_no_cosine() -> None:
@@ -123,14 +131,15 @@ def _results() -> dict[str, Any]:
 def test_table_has_one_row_per_setting_with_mean_std_and_footnote() -> None:
     text = render_table(_results())
     lines = text.splitlines()
-    assert "| base model | the model before RL | 1 | 0.250 | 0.050 | n/a |" in lines
+    assert "| base model | the model before RL | 1 | 0.250 | 0.125 | 0.050 | n/a |" in lines
     # 0.2, 0.4 -> 0.300 ± 0.141; cosine medians 0.1, 0.3 -> 0.200 ± 0.141
     assert (
-        "| random_pairs | Random Pair (Table 5) | 2 | 0.300 ± 0.141 | 0.200 ± 0.141 "
-        "| 0.200 ± 0.141 |"
+        "| random_pairs | Random Pair (Table 5) | 2 | 0.300 ± 0.141 | 0.150 ± 0.071 "
+        "| 0.200 ± 0.141 | 0.200 ± 0.141 |"
     ) in lines
     assert (
-        "| generation_only | generation-only (Fig. 8) | 2 | 0.200 ± 0.000 | 0.150 ± 0.071 | n/a¹ |"
+        "| generation_only | generation-only (Fig. 8) | 2 | 0.200 ± 0.000 | 0.100 ± 0.000 "
+        "| 0.150 ± 0.071 | n/a¹ |"
     ) in lines
     assert any(line.startswith("¹ single-task settings have no gradient cosine") for line in lines)
     assert "²" not in text  # no two-task setting lacks a cosine
@@ -276,7 +285,11 @@ def test_quick_ablation_cli_writes_outputs_and_skips_finished_runs(
     assert "--settings pairgrpo_sqrt,understanding_only --quick" in results["command"]
     for seed in (0, 1):
         paired = results["runs"]["pairgrpo_sqrt"][seed]
-        assert paired["grad_cosine"], "step 0 holds both tasks and is measured"
+        # the first step holds both tasks and is measured (the cosine itself is NaN, and left
+        # out of the summary, when the toy model's answers all score 0: a zero gradient)
+        metrics = Path(paired["model"]).parents[1] / "metrics.jsonl"
+        logged = [json.loads(line) for line in metrics.read_text().splitlines()]
+        assert "grad_cosine" in logged[0]
         assert paired["rewards"]["gen"] and paired["rewards"]["und"]
         single = results["runs"]["understanding_only"][seed]
         assert single["grad_cosine"] == [] and single["rewards"]["gen"] == []
@@ -294,6 +307,22 @@ def test_quick_ablation_cli_writes_outputs_and_skips_finished_runs(
     assert result.exit_code == 0, result.output
     assert "[1/4] pairgrpo_sqrt seed 0 (done earlier, skipped)" in result.output
     assert ((out / "results.json").read_text(), (out / ablate.STATE_FILE).read_text()) == before
+    # --reevaluate evaluates the saved models again and trains nothing
+    evaluated: list[str] = []
+
+    def fake_evaluate(model: str, cfg: Any, settings: Any) -> dict[str, Any]:
+        evaluated.append(model)
+        return _run(0.9, 0.8, [])["evaluation"]
+
+    monkeypatch.setattr(ablate, "evaluate_model", fake_evaluate)
+    result = runner.invoke(app, [*args, "--reevaluate"])
+    assert result.exit_code == 0, result.output
+    models = [r["model"] for runs in results["runs"].values() for r in runs]
+    assert evaluated[1:] == models and len(evaluated) == 5  # the base model first
+    again = json.loads((out / "results.json").read_text())
+    assert again["summary"]["pairgrpo_sqrt"]["mc_accuracy"]["mean"] == pytest.approx(0.9)
+    assert again["summary"]["pairgrpo_sqrt"]["mc_accuracy_sampled"]["mean"] == pytest.approx(0.45)
+    assert again["runs"]["pairgrpo_sqrt"][1]["grad_cosine"] == paired["grad_cosine"]
 
 
 class Interrupted(Exception):

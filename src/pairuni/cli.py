@@ -86,7 +86,8 @@ def demo(
     table = state["report"]["result"]["table"]
     width = max(len(row[0]) for row in table)
     typer.echo(f"\n{'':{width}}   base  trained")
-    for name, before, after in table[:2]:
+    overall = [row for row in table if not row[0].startswith(("understanding:", "generation:"))]
+    for name, before, after in overall:
         typer.echo(f"{name:{width}}  {before:5.3f}  {after:5.3f}")
     typer.echo(f"report: {out / 'report' / 'index.html'}")
 

@@ -188,11 +188,16 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     `grad_cosine_pooled_median` is the median over all logged steps of all seeds."""
     understanding = [r["evaluation"]["understanding"] for r in runs]
     generation = [r["evaluation"]["generation"] for r in runs]
+    sampled = [r["evaluation"].get("understanding_sampled") for r in runs]
     medians = [statistics.median(r["grad_cosine"]) for r in runs if r["grad_cosine"]]
     pooled = [c for r in runs for c in r["grad_cosine"]]
     return {
         "n": len(runs),
         "mc_accuracy": asdict(mean_std([u["accuracy"] for u in understanding])),
+        # older results lack the sampled accuracy: `--reevaluate` adds it
+        "mc_accuracy_sampled": (
+            asdict(mean_std([s["accuracy"] for s in sampled])) if all(sampled) else None
+        ),
         "geneval_overall": asdict(mean_std([g["overall"] for g in generation])),
         "grad_cosine": asdict(mean_std(medians)) if medians else None,
         "grad_cosine_pooled_median": statistics.median(pooled) if pooled else None,
@@ -227,11 +232,13 @@ def render_table(results: dict[str, Any]) -> str:
         "",
         f"{results['steps']} PairGRPO steps per run from the same base model, data and pairs; "
         f"seeds {', '.join(map(str, results['seeds']))}. Held-out scores (greedy MC accuracy, "
+        "MC accuracy of the policy's samples at temperature 1, averaged over 3 draws; "
         "GenEval-style overall of one CFG image per prompt) as mean ± sample std over seeds; "
         "grad_cosine is the median over a run's logged steps, then mean ± std over seeds.",
         "",
-        "| setting | paper row | n | MC accuracy | GenEval-style overall | median grad_cosine |",
-        "|---|---|---|---|---|---|",
+        "| setting | paper row | n | MC accuracy (greedy) | MC accuracy (T=1) "
+        "| GenEval-style overall | median grad_cosine |",
+        "|---|---|---|---|---|---|---|",
         _row("base model", "the model before RL", results["base"], "n/a"),
     ]
     notes: set[int] = set()
@@ -262,6 +269,7 @@ def _row(name: str, paper: str, summary: dict[str, Any], missing_cosine: str) ->
         paper,
         str(summary["n"]),
         _cell(summary["mc_accuracy"], "n/a"),
+        _cell(summary.get("mc_accuracy_sampled"), "n/a"),
         _cell(summary["geneval_overall"], "n/a"),
         _cell(summary["grad_cosine"], missing_cosine),
     ]
@@ -358,8 +366,12 @@ def run_ablation(
     cache_dir: str | Path = ".cache/pairuni",
     echo: Callable[[str], None] = print,
     command: str | None = None,
+    reevaluate: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate every (setting, seed) into `out_dir`; returns what results.json holds.
+
+    `reevaluate` evaluates the base model and every finished run's saved model again (after the
+    evaluation changed) and keeps everything else, training included.
 
     `demo_settings` gives the data, pair and held-out sizes and `max_steps` (None: demo.yaml's);
     `overrides` are `--set` items applied to every run. Finished runs are skipped on a re-run."""
@@ -375,6 +387,9 @@ def run_ablation(
     base_cfg = demo_training_config([*COMMON_OVERRIDES, *overrides])
     _shared_stages(state, out, demo_settings, base_cfg, Path(cache_dir), echo)
     jobs = [(name, seed) for name in names for seed in range(seeds)]
+    if reevaluate:
+        keys = [f"run/{n}/seed{s}" for n, s in jobs]
+        _reevaluate(state, keys, base_cfg, demo_settings, overrides, echo)
     for number, (name, seed) in enumerate(jobs, 1):
         key = f"run/{name}/seed{seed}"
         done = " (done earlier, skipped)" if key in state.data else " ..."
@@ -426,6 +441,27 @@ def _shared_stages(
         if name not in state.data:
             echo(f"[shared] {name.replace('_', ' ')}")
         state.run(name, fn)
+
+
+def _reevaluate(
+    state: DemoState,
+    run_keys: Sequence[str],
+    base_cfg: Any,
+    settings: DemoSettings,
+    overrides: Sequence[str],
+    echo: Callable[[str], None],
+) -> None:
+    """Evaluate the base model and the finished runs among `run_keys` again, saving each."""
+    base = state.data["base_model"]["result"]["path"]
+    echo("[reevaluate] base model")
+    state.replace("evaluate_base", evaluate_model(base, base_cfg, settings))
+    for key in run_keys:
+        if key not in state.data:
+            continue
+        result = state.data[key]["result"]
+        echo(f"[reevaluate] {key}")
+        cfg = run_config(result["setting"], result["seed"], overrides)
+        state.replace(key, {**result, "evaluation": evaluate_model(result["model"], cfg, settings)})
 
 
 def _run(

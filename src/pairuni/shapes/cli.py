@@ -151,6 +151,14 @@ def shapes_ablate(
         int | None,
         typer.Option(help="torch CPU threads (default: torch's). 1 is faster on a busy machine."),
     ] = None,
+    reevaluate: Annotated[
+        bool,
+        typer.Option(
+            "--reevaluate",
+            help="Evaluate the base model and every finished run's saved model again (after "
+            "the evaluation changed); training is kept.",
+        ),
+    ] = False,
     set_: SetOption = None,
 ) -> None:
     """The ablation; its --help text is ABLATE_HELP."""
@@ -193,7 +201,17 @@ def shapes_ablate(
     demo_settings = with_steps(DemoSettings.quick_run() if quick else DemoSettings(), steps)
     command = _ablate_command(out, seeds, names, steps, quick, set_ or [])
     try:
-        run_ablation(out, names, seeds, demo_settings, set_ or [], cache_dir, typer.echo, command)
+        run_ablation(
+            out,
+            names,
+            seeds,
+            demo_settings,
+            set_ or [],
+            cache_dir,
+            typer.echo,
+            command,
+            reevaluate=reevaluate and not fresh,
+        )
     except (AblationError, ConfigError, DataError, RewardError, TrainingSetupError) as err:
         fail(f"{err}\n(finished runs are kept in {out}; fix the cause and run again)")
     typer.echo((out / "table.md").read_text(encoding="utf-8"))

@@ -105,6 +105,15 @@ def before_after_rows(
         ),
         ("GenEval-style overall", before["generation"]["overall"], after["generation"]["overall"]),
     ]
+    if "understanding_sampled" in before and "understanding_sampled" in after:
+        rows.insert(
+            1,
+            (
+                "MC accuracy (sampled, T=1, mean of 3)",
+                before["understanding_sampled"]["accuracy"],
+                after["understanding_sampled"]["accuracy"],
+            ),
+        )
     for name, value in before["understanding"]["per_category"].items():
         rows.append(
             (
