@@ -249,3 +249,15 @@ def test_reward_set_from_config_and_user_file(tmp_path: Path) -> None:
 def test_default_generation_reward_explains_where_to_get_hps() -> None:
     with pytest.raises(RewardError, match=r"rewards.generation\[0\].*checkpoint.*xswu/HPSv2"):
         RewardSet.from_config(RewardsConfig())
+
+
+def test_toy_rewards_are_registered_and_their_file_still_loads_by_path() -> None:
+    # configs/tiny.yaml names them; tests and benchmarks also load demo.py by path, which runs
+    # the file again as another module: that must not clash with the registered names
+    from pairuni.rl import demo
+
+    assert registered_rewards()["toy_redness"].target is demo.redness
+    assert registered_rewards()["toy_letter_fraction"].task == "understanding"
+    loaded = load_reward(f"{demo.__file__}:letter_fraction")
+    assert loaded is not demo.letter_fraction
+    assert loaded([""], ["ab12"]) == [0.5]

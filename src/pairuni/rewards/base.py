@@ -89,8 +89,7 @@ def load_builtin_rewards() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from pairuni.rewards import generation, server, shapes, understanding  # noqa: F401
-    from pairuni.rl import demo  # noqa: F401  (the toy rewards of configs/tiny.yaml)
+    from pairuni.rewards import generation, server, shapes, toy, understanding  # noqa: F401
 
 
 def registered_rewards() -> dict[str, RegisteredReward]:

@@ -14,8 +14,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-from pairuni.rewards.base import register_reward
-
 COLOURS = {
     "red": (220, 30, 30),
     "green": (30, 200, 60),
@@ -56,7 +54,6 @@ def write_demo_pairs(out_dir: str | Path, num_pairs: int = 16, seed: int = 0) ->
     return path
 
 
-@register_reward("toy_redness", task="generation")
 def redness(prompts: list[str], completions: list[Any], **columns: Any) -> list[float | None]:
     """Generation reward of the demo: mean red minus mean green/blue of the image, in [-1, 1].
     (A random VQ decoder barely varies its images, so this moves little; it exercises the path.)"""
@@ -69,7 +66,6 @@ def redness(prompts: list[str], completions: list[Any], **columns: Any) -> list[
     return out
 
 
-@register_reward("toy_letter_fraction", task="understanding")
 def letter_fraction(
     prompts: list[str], completions: list[str], **columns: Any
 ) -> list[float | None]:
