@@ -16,54 +16,22 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-import pairuni.rl.demo as demo
-from pairuni.policy.tiny import build_tiny_janus
+from trainer_helpers import make_assets, write_tiny_config
 
 pytestmark = pytest.mark.slow
 
-DEMO_FILE = Path(demo.__file__).resolve()
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("demo")
-    model = build_tiny_janus(root / "model")
-    return {"model": model, "pairs": demo.write_demo_pairs(root, num_pairs=8)}
+    return make_assets(tmp_path_factory.mktemp("demo"))
 
 
 def write_config(assets: dict[str, Path], out: Path, **train: Any) -> Path:
-    raw = {
-        "seed": 11,
-        "model": {
-            "path": str(assets["model"]),
-            "device": "cpu",
-            "trainable": ["language_model", "generation_head"],
-        },
-        "rollout": {"max_new_tokens": 5},
-        "data": {"path": str(assets["pairs"])},
-        "algo": {"num_generations_und": 2, "num_generations_gen": 2},
-        "rewards": {
-            "understanding": [{"name": f"{DEMO_FILE}:letter_fraction"}],
-            "generation": [{"name": f"{DEMO_FILE}:redness"}],
-        },
-        "train": {
-            "out_dir": str(out),
-            "pairs_per_step": 2,
-            "micro_batch_size": 3,
-            "learning_rate": 1e-2,
-            "adam_epsilon": 1.0,  # see test_trainer_loop: keeps float noise from becoming a step
-            "rollout_pairs_per_call": 1,  # samples independent of the number of processes
-            **train,
-        },
-        "logging": {"progress_bar": False},
-    }
-    path = out.parent / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_tiny_config(assets, out, seed=11, max_new_tokens=5, **train)
 
 
 def env() -> dict[str, str]:

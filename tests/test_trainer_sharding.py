@@ -21,7 +21,6 @@ import yaml
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
-import pairuni.rl.demo as demo
 from pairuni.rl.sharding import (
     ShardingError,
     ShardingPlan,
@@ -32,8 +31,8 @@ from pairuni.rl.sharding import (
     incompatibilities,
 )
 from pairuni.rl.train_config import TrainConfig
+from trainer_helpers import make_assets, write_tiny_config
 
-DEMO_FILE = Path(demo.__file__).resolve()
 BIN = Path(sys.executable).parent
 STEPS = 3
 
@@ -234,48 +233,14 @@ def test_two_processes_really_hold_a_share_of_the_state(
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from pairuni.policy.tiny import build_tiny_janus
-
-    root = tmp_path_factory.mktemp("sharding")
-    model = build_tiny_janus(root / "model")
-    return {"model": model, "pairs": demo.write_demo_pairs(root, num_pairs=8)}
+    return make_assets(tmp_path_factory.mktemp("sharding"))
 
 
 def write_config(assets: dict[str, Path], out: Path, **train: Any) -> Path:
-    raw = {
-        "seed": 5,
-        "model": {
-            "path": str(assets["model"]),
-            "device": "cpu",
-            "trainable": ["language_model", "generation_head"],
-        },
-        "rollout": {"max_new_tokens": 4},
-        "data": {"path": str(assets["pairs"])},
-        "algo": {"num_generations_und": 2, "num_generations_gen": 2},
-        "rewards": {
-            "understanding": [{"name": f"{DEMO_FILE}:letter_fraction"}],
-            "generation": [{"name": f"{DEMO_FILE}:redness"}],
-        },
-        "train": {
-            "out_dir": str(out),
-            "max_steps": STEPS,
-            "save_every": 1,
-            "save_total_limit": None,
-            "pairs_per_step": 2,
-            "micro_batch_size": 3,
-            "learning_rate": 1e-2,
-            "adam_epsilon": 1.0,  # as in test_trainer_distributed: float noise stays small
-            # no clipping: a clipped gradient has norm 1 whatever its scale, so a mean taken
-            # for a sum over ranks would go unnoticed (the unclipped norm here is ~10)
-            "max_grad_norm": None,
-            "rollout_pairs_per_call": 1,  # samples independent of the number of processes
-            **train,
-        },
-        "logging": {"progress_bar": False},
-    }
-    path = out.parent / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    # no clipping: a clipped gradient has norm 1 whatever its scale, so a mean taken for a sum
+    # over ranks would go unnoticed (the unclipped norm here is ~10)
+    run = {"max_steps": STEPS, "save_every": 1, "save_total_limit": None, "max_grad_norm": None}
+    return write_tiny_config(assets, out, seed=5, max_new_tokens=4, **{**run, **train})
 
 
 def free_port() -> int:
