@@ -531,9 +531,10 @@ def _write_outputs(out: Path, results: dict[str, Any]) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    from pairuni.data.io import atomic_output
+
+    with atomic_output(path) as temp:
+        temp.write_text(text, encoding="utf-8")
 
 
 def with_steps(settings: DemoSettings, steps: int | None) -> DemoSettings:

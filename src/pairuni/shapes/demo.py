@@ -86,9 +86,10 @@ class DemoState:
         self._save()
 
     def _save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(self.path)
+        from pairuni.data.io import atomic_output
+
+        with atomic_output(self.path) as temp:
+            temp.write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
 
 
 def run_demo(
