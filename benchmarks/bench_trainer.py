@@ -20,14 +20,13 @@ from typing import Any
 
 import torch
 
-import pairuni.rl.demo as demo
-
-DEMO_FILE = Path(demo.__file__).resolve()
+import pairuni.training.tiny_demo as demo
+from pairuni.rewards import toy
 
 
 def pairuni_trainer(root: Path, args: argparse.Namespace) -> Any:
     from pairuni.config import PairUniConfig
-    from pairuni.rl.trainer import PairGRPOTrainer
+    from pairuni.training.trainer import PairGRPOTrainer
 
     cfg = PairUniConfig.model_validate(
         {
@@ -41,7 +40,7 @@ def pairuni_trainer(root: Path, args: argparse.Namespace) -> Any:
                 "loss_aggregation": "seq-mean-token-mean",
             },
             "rewards": {
-                "understanding": [{"name": f"{DEMO_FILE}:letter_fraction"}],
+                "understanding": [{"name": "toy_letter_fraction"}],
                 "generation": [],
             },
             "train": {
@@ -101,7 +100,7 @@ def trl_trainer(
 
     def letter_fraction(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
         texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
-        return demo.letter_fraction([], texts)  # type: ignore[return-value]
+        return toy.letter_fraction([], texts)  # type: ignore[return-value]
 
     config = GRPOConfig(
         output_dir=str(root / "trl-run"),

@@ -251,13 +251,10 @@ def test_default_generation_reward_explains_where_to_get_hps() -> None:
         RewardSet.from_config(RewardsConfig())
 
 
-def test_toy_rewards_are_registered_and_their_file_still_loads_by_path() -> None:
-    # configs/tiny.yaml names them; tests and benchmarks also load demo.py by path, which runs
-    # the file again as another module: that must not clash with the registered names
-    from pairuni.rl import demo
+def test_toy_rewards_of_the_tiny_config_are_registered() -> None:
+    # configs/tiny.yaml names them; they must resolve without any file path
+    from pairuni.rewards import toy
 
-    assert registered_rewards()["toy_redness"].target is demo.redness
+    assert registered_rewards()["toy_redness"].target is toy.redness
     assert registered_rewards()["toy_letter_fraction"].task == "understanding"
-    loaded = load_reward(f"{demo.__file__}:letter_fraction")
-    assert loaded is not demo.letter_fraction
-    assert loaded([""], ["ab12"]) == [0.5]
+    assert toy.letter_fraction([""], ["ab12"]) == [0.5]

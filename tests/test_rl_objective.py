@@ -265,14 +265,17 @@ def test_pair_weighting_is_per_pair_loss_reweighting(mode: str) -> None:
 # ------------------------------------------------------------------------------ package
 
 
-def test_package_reexports_lazily_without_importing_torch() -> None:
-    """`pairuni.config` imports `pairuni.rl.config`, so `pairuni.rl` must not import torch."""
+def test_algorithm_core_has_no_torch_at_import_and_no_loop_dependency() -> None:
+    """`pairuni.config` imports `pairuni.rl.config`, so `pairuni.rl` must not import torch; and
+    the core never reaches into the training loop, the policies or the rewards."""
     code = (
         "import sys, pairuni.rl, pairuni.rl.config\n"
         "assert 'torch' not in sys.modules, 'pairuni.rl imported torch eagerly'\n"
-        "from pairuni.rl import pairgrpo_loss, group_advantages\n"
-        "assert 'torch' in sys.modules\n"
-        "missing = [n for n in pairuni.rl.__all__ if not hasattr(pairuni.rl, n)]\n"
-        "assert not missing, missing\n"
+        "import pairuni.rl.advantages, pairuni.rl.losses, pairuni.rl.objective\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(("
+        "'pairuni.training', 'pairuni.policy', 'pairuni.rewards')))\n"
+        "assert not bad, bad\n"
     )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    code = "import sys, pairuni.config\nassert 'torch' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

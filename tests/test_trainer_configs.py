@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from pairuni.cli import app
 from pairuni.config import load_config
-from pairuni.rl.demo import main as make_demo
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -21,7 +20,8 @@ def test_tiny_config_trains_through_the_cli(
 ) -> None:
     # the config's paths are relative to the repository root, as in the documented one-liners
     monkeypatch.chdir(CONFIGS.parent)
-    make_demo([str(tmp_path / "demo"), "--num-pairs", "8"])
+    made = CliRunner().invoke(app, ["tiny-demo", str(tmp_path / "demo"), "--num-pairs", "8"])
+    assert made.exit_code == 0, made.output
     overrides = [
         f"model.path={tmp_path / 'demo' / 'model'}",
         f"data.path={tmp_path / 'demo' / 'pairs.jsonl'}",

@@ -13,13 +13,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import pairuni.rl.demo as demo
+import pairuni.training.tiny_demo as demo
 from pairuni.config import PairUniConfig
 from pairuni.data.errors import DataError
 from pairuni.policy.tiny import build_tiny_janus
-from pairuni.rl.trainer import PairGRPOTrainer, TrainingSetupError
-
-DEMO_FILE = Path(demo.__file__).resolve()
+from pairuni.training.trainer import PairGRPOTrainer, TrainingSetupError
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +93,7 @@ def test_reward_that_raises_is_named_or_turned_into_nan(
     )
     rewards = {
         "understanding": [{"name": f"{reward_file}:boom"}],
-        "generation": [{"name": f"{DEMO_FILE}:redness"}],
+        "generation": [{"name": "toy_redness"}],
     }
     from pairuni.rewards.base import RewardError
 
@@ -146,6 +144,6 @@ def test_resume_continues_from_the_latest_checkpoint_and_warns_on_a_changed_data
     steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
     changed = make_config(assets, tmp_path, seed=99, train={"max_steps": 3})
-    with caplog.at_level("WARNING", logger="pairuni.rl.trainer"):
+    with caplog.at_level("WARNING", logger="pairuni.training.trainer"):
         PairGRPOTrainer(changed, resume=True)
     assert "seed: 3 -> 99" in caplog.text

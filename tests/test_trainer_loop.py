@@ -11,13 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-import pairuni.rl.demo as demo
+import pairuni.training.tiny_demo as demo
 from pairuni.config import PairUniConfig
 from pairuni.policy.tiny import build_tiny_janus
 from pairuni.rl.objective import TaskBatch, pairgrpo_loss
-from pairuni.rl.trainer import PairGRPOTrainer
-
-DEMO_FILE = Path(demo.__file__).resolve()
+from pairuni.training.trainer import PairGRPOTrainer
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +85,7 @@ def test_steps_move_trainable_parameters_only_and_log_every_metric(
                 "pair_weight_mean",
             )
         }
-    expected |= {"und/rewards/letter_fraction/mean", "gen/rewards/redness/mean"}
+    expected |= {"und/rewards/toy_letter_fraction/mean", "gen/rewards/toy_redness/mean"}
     assert expected <= set(lines[0])
     assert lines[0]["gen/completions/mean_length"] == 16  # the tiny model's image tokens
     assert (tmp_path / "samples" / "step-2.png").is_file()

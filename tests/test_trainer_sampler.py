@@ -13,11 +13,11 @@ import torch
 from pairuni.config import ConfigError, load_config
 from pairuni.data.schema import Pair
 from pairuni.policy.base import TextRollout
-from pairuni.rl import checkpoint as ckpt
-from pairuni.rl.sampler import PairSampler, derive_seed, filter_pairs
-from pairuni.rl.tracking import truncate_metrics
-from pairuni.rl.train_config import DataConfig
-from pairuni.rl.trainer import concat_rollouts, lr_lambda, pair_columns
+from pairuni.training import checkpoint as ckpt
+from pairuni.training.config import DataConfig
+from pairuni.training.sampler import PairSampler, derive_seed, filter_pairs
+from pairuni.training.tracking import truncate_metrics
+from pairuni.training.trainer import concat_rollouts, lr_lambda, pair_columns
 
 
 def make_pairs(n: int) -> list[Pair]:

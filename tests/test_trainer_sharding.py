@@ -21,7 +21,8 @@ import yaml
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
-from pairuni.rl.sharding import (
+from pairuni.training.config import TrainConfig
+from pairuni.training.sharding import (
     ShardingError,
     ShardingPlan,
     by_index,
@@ -30,7 +31,6 @@ from pairuni.rl.sharding import (
     grad_norm_value,
     incompatibilities,
 )
-from pairuni.rl.train_config import TrainConfig
 from trainer_helpers import make_assets, write_tiny_config
 
 BIN = Path(sys.executable).parent
@@ -98,7 +98,7 @@ def test_single_process_sharding_warns_and_runs_unsharded(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     one = SimpleNamespace(world_size=1, rank=0, is_main=True)
-    with caplog.at_level(logging.WARNING, logger="pairuni.rl.sharding"):
+    with caplog.at_level(logging.WARNING, logger="pairuni.training.sharding"):
         plan = ShardingPlan("fsdp", one)  # type: ignore[arg-type]
     assert plan.effective == "none" and plan.requested == "fsdp"
     assert plan.all_reduces_grads
@@ -110,7 +110,7 @@ def test_single_process_sharding_warns_and_runs_unsharded(
         pass  # nothing to gather
     assert plan.full_model_state() is None
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pairuni.rl.sharding"):
+    with caplog.at_level(logging.WARNING, logger="pairuni.training.sharding"):
         ShardingPlan("none", one)  # type: ignore[arg-type]
     assert caplog.text == ""
 
@@ -167,7 +167,7 @@ def partition_worker(rank: int, port: int, model_dir: str, out_dir: str) -> None
 
     from pairuni.policy.config import ModelConfig
     from pairuni.policy.janus import JanusPolicy
-    from pairuni.rl.distributed import Collective
+    from pairuni.training.distributed import Collective
 
     dist = Collective(cpu=True)
     trainable = ["language_model", "generation_head"]
@@ -307,7 +307,7 @@ def test_trainer_refuses_fsdp_with_grad_agreement_before_training(
     assets: dict[str, Path], tmp_path: Path
 ) -> None:
     from pairuni.config import load_config
-    from pairuni.rl.trainer import PairGRPOTrainer, TrainingSetupError
+    from pairuni.training.trainer import PairGRPOTrainer, TrainingSetupError
 
     path = write_config(assets, tmp_path / "run", sharding="fsdp")
     config = load_config(path, ["logging.grad_agreement_every=1"])

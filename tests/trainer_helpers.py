@@ -1,5 +1,5 @@
 """Shared scaffolding of the multi-process trainer tests: a tiny Janus with the tiny demo pairs,
-and a small `pairuni train` config over them (the toy rewards of `pairuni.rl.demo`)."""
+and a small `pairuni train` config over them (the toy rewards of `pairuni.rewards.toy`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from typing import Any
 
 import yaml
 
-import pairuni.rl.demo as demo
-
-DEMO_FILE = Path(demo.__file__).resolve()
+import pairuni.training.tiny_demo as demo
 
 
 def make_assets(root: Path) -> dict[str, Path]:
@@ -37,8 +35,8 @@ def write_tiny_config(
         "data": {"path": str(assets["pairs"])},
         "algo": {"num_generations_und": 2, "num_generations_gen": 2},
         "rewards": {
-            "understanding": [{"name": f"{DEMO_FILE}:letter_fraction"}],
-            "generation": [{"name": f"{DEMO_FILE}:redness"}],
+            "understanding": [{"name": "toy_letter_fraction"}],
+            "generation": [{"name": "toy_redness"}],
         },
         "train": {
             "out_dir": str(out),

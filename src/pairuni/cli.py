@@ -13,8 +13,8 @@ from pairuni.eval.cli import eval_app
 from pairuni.pairing.cli import pairs_app
 from pairuni.policy import cli as policy_cli
 from pairuni.rewards.cli import reward_server
-from pairuni.rl.cli import train as train_command
 from pairuni.shapes.cli import shapes_app
+from pairuni.training import cli as training_cli
 
 PIPELINE = "The pipeline"
 CHECKPOINT = "A first look at a checkpoint"
@@ -73,8 +73,8 @@ def demo(
     from pairuni.config import ConfigError
     from pairuni.data.errors import DataError
     from pairuni.rewards.base import RewardError
-    from pairuni.rl.trainer import TrainingSetupError
     from pairuni.shapes.demo import DemoSettings, run_demo
+    from pairuni.training.trainer import TrainingSetupError
 
     if fresh and out.exists():
         shutil.rmtree(out)
@@ -132,13 +132,14 @@ def config_docs(
 
 # Registration order is the order of `pairuni --help` within each panel.
 app.add_typer(pairs_app, name="pairs", rich_help_panel=PIPELINE)
-app.command("train", rich_help_panel=PIPELINE)(train_command)
+app.command("train", rich_help_panel=PIPELINE)(training_cli.train)
 app.add_typer(eval_app, name="eval", rich_help_panel=PIPELINE)
 app.command("generate", rich_help_panel=CHECKPOINT)(policy_cli.generate)
 app.command("answer", rich_help_panel=CHECKPOINT)(policy_cli.answer)
 app.add_typer(shapes_app, name="shapes", rich_help_panel=TOOLS)
 app.command("reward-server", rich_help_panel=TOOLS)(reward_server)
 app.command("tiny-model", rich_help_panel=TOOLS)(policy_cli.tiny_model)
+app.command("tiny-demo", rich_help_panel=TOOLS)(training_cli.tiny_demo)
 app.add_typer(config_app, name="config", rich_help_panel=TOOLS)
 
 

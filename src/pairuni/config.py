@@ -25,7 +25,7 @@ from pairuni.pairing.config import PairingConfig
 from pairuni.policy.config import ModelConfig, RolloutConfig
 from pairuni.rewards.config import RewardsConfig
 from pairuni.rl.config import AlgoConfig
-from pairuni.rl.train_config import DataConfig, LoggingConfig, TrainConfig
+from pairuni.training.config import DataConfig, LoggingConfig, TrainConfig
 
 
 class PairUniConfig(Section):

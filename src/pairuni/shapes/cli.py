@@ -167,7 +167,6 @@ def shapes_ablate(
     from pairuni.config import ConfigError
     from pairuni.data.errors import DataError
     from pairuni.rewards.base import RewardError
-    from pairuni.rl.trainer import TrainingSetupError
     from pairuni.shapes.ablate import (
         SETTINGS,
         AblationError,
@@ -178,6 +177,7 @@ def shapes_ablate(
         with_steps,
     )
     from pairuni.shapes.demo import DemoSettings
+    from pairuni.training.trainer import TrainingSetupError
 
     names = list(SETTINGS) if settings is None else [s.strip() for s in settings.split(",")]
     try:

@@ -247,8 +247,8 @@ def evaluate_model(model_path: str, cfg: Any, settings: DemoSettings) -> dict[st
 
 def train_model(out: Path, cfg: Any, state: DemoState) -> dict[str, Any]:
     """PairGRPO from the state's base model on its pairs into `out/train` (resumes)."""
-    from pairuni.rl.checkpoint import latest_checkpoint
-    from pairuni.rl.trainer import PairGRPOTrainer
+    from pairuni.training.checkpoint import latest_checkpoint
+    from pairuni.training.trainer import PairGRPOTrainer
 
     cfg.model.path = state.data["base_model"]["result"]["path"]
     cfg.data.path = state.data["pairs"]["result"]["path"]

@@ -1,14 +1,13 @@
 """Everything `configs/tiny.yaml` needs, made offline in a second: a tiny random Janus checkpoint
 and a small synthetic pair file (coloured-square images, multiple-choice colour questions, a mix
-of aligned and retrieved pairs), plus a pixel reward for the generation side.
+of aligned and retrieved pairs). Its toy rewards live in `pairuni.rewards.toy`.
 
-    python -m pairuni.rl.demo runs/tiny-demo          # writes runs/tiny-demo/{model,pairs.jsonl}
+    pairuni tiny-demo                           # writes runs/tiny-demo/{model,pairs.jsonl}
     pairuni train --config configs/tiny.yaml
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from pathlib import Path
@@ -54,35 +53,11 @@ def write_demo_pairs(out_dir: str | Path, num_pairs: int = 16, seed: int = 0) ->
     return path
 
 
-def redness(prompts: list[str], completions: list[Any], **columns: Any) -> list[float | None]:
-    """Generation reward of the demo: mean red minus mean green/blue of the image, in [-1, 1].
-    (A random VQ decoder barely varies its images, so this moves little; it exercises the path.)"""
-    import numpy as np
-
-    out: list[float | None] = []
-    for image in completions:
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
-        out.append(float(pixels[..., 0].mean() - pixels[..., 1:].mean()))
-    return out
-
-
-def letter_fraction(
-    prompts: list[str], completions: list[str], **columns: Any
-) -> list[float | None]:
-    """Understanding reward of the demo: the fraction of an answer's characters that are ASCII
-    letters (0 for an empty answer). A random model never answers a question right, so accuracy
-    alone gives every group zero variance; this gives the smoke run something to learn."""
-    return [
-        sum(c.isascii() and c.isalpha() for c in text) / max(len(text), 1) for text in completions
-    ]
-
-
 def demo_config(
     model_dir: str | Path, pairs_file: str | Path, out_dir: str | Path, **sections: Any
 ) -> dict[str, Any]:
     """A small, fast run of the tiny model on a demo pair file, as a config mapping (for tests and
     benchmarks). `sections` update the sections they name (a mapping) or replace a key."""
-    here = Path(__file__).resolve()
     raw: dict[str, Any] = {
         "seed": 3,
         "model": {
@@ -94,8 +69,8 @@ def demo_config(
         "data": {"path": str(pairs_file)},
         "algo": {"num_generations_und": 2, "num_generations_gen": 2},
         "rewards": {
-            "understanding": [{"name": f"{here}:letter_fraction"}],
-            "generation": [{"name": f"{here}:redness"}],
+            "understanding": [{"name": "toy_letter_fraction"}],
+            "generation": [{"name": "toy_redness"}],
         },
         "train": {
             "out_dir": str(out_dir),
@@ -115,17 +90,14 @@ def demo_config(
     return raw
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", type=Path, help="folder for model/ and pairs.jsonl")
-    parser.add_argument("--num-pairs", type=int, default=16)
-    args = parser.parse_args(argv)
+DEFAULT_DIR = Path("runs/tiny-demo")
+"""Where `configs/tiny.yaml` expects the model and the pairs."""
+
+
+def write_tiny_demo(out_dir: str | Path = DEFAULT_DIR, num_pairs: int = 16) -> tuple[Path, Path]:
+    """Write `out_dir/model` (a tiny random Janus) and `out_dir/pairs.jsonl`; returns both."""
     from pairuni.policy.tiny import build_tiny_janus
 
-    build_tiny_janus(args.out_dir / "model")
-    path = write_demo_pairs(args.out_dir, args.num_pairs)
-    print(f"wrote a tiny Janus to {args.out_dir / 'model'} and {args.num_pairs} pairs to {path}")
-
-
-if __name__ == "__main__":
-    main()
+    root = Path(out_dir)
+    model = build_tiny_janus(root / "model")
+    return model, write_demo_pairs(root, num_pairs)

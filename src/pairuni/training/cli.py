@@ -35,7 +35,7 @@ def train(
     from pairuni.data.errors import DataError
     from pairuni.policy.janus import CheckpointError
     from pairuni.rewards.base import RewardError
-    from pairuni.rl.trainer import PairGRPOTrainer, TrainingSetupError
+    from pairuni.training.trainer import PairGRPOTrainer, TrainingSetupError
 
     target: Path | bool | None = resume_from if resume_from is not None else resume
     try:
@@ -65,14 +65,39 @@ def check_paths(cfg: object) -> None:
         )
     if not Path(model_path).is_dir():
         fail(
-            f"model.path {model_path} does not exist; download the checkpoint there (e.g. `hf "
-            f"download deepseek-community/Janus-Pro-1B --local-dir {model_path}`) or make the "
-            "demo one with `python -m pairuni.rl.demo runs/tiny-demo`"
+            f"model.path {model_path} does not exist; {tiny_demo_hint(Path(model_path), 'model')}"
+            f"download the checkpoint there (e.g. `hf download deepseek-community/Janus-Pro-1B "
+            f"--local-dir {model_path}`), or write a tiny random one with `pairuni tiny-model "
+            f"{model_path}`"
         )
     if data_path is None:
         fail("data.path is not set; point it at a pair file (--set data.path=pairs.jsonl)")
     if not Path(data_path).exists():
+        hint = tiny_demo_hint(Path(data_path), "pairs.jsonl")
         fail(
-            f"data.path {data_path} does not exist; build it with `pairuni pairs build` or make "
-            "the demo one with `python -m pairuni.rl.demo runs/tiny-demo`"
+            f"data.path {data_path} does not exist; {hint}build it with `pairuni pairs build` "
+            "(docs/pairing.md)"
         )
+
+
+def tiny_demo_hint(path: Path, leaf: str) -> str:
+    """For a path laid out like `pairuni tiny-demo DIR` writes it: the exact command to run."""
+    if path.name != leaf:
+        return ""
+    return f"for the tiny smoke run, make it with `pairuni tiny-demo {path.parent}`; otherwise "
+
+
+def tiny_demo(
+    out: Annotated[
+        Path, typer.Argument(help="Folder for model/ and pairs.jsonl (configs/tiny.yaml's).")
+    ] = Path("runs/tiny-demo"),
+    num_pairs: Annotated[int, typer.Option(min=1, help="Synthetic pairs to write.")] = 16,
+) -> None:
+    """Write the inputs of the smoke run `pairuni train --config configs/tiny.yaml`: a tiny random
+    Janus (OUT/model) and synthetic colour-question pairs (OUT/pairs.jsonl), offline, in a second.
+    """
+    from pairuni.training.tiny_demo import write_tiny_demo
+
+    model, pairs = write_tiny_demo(out, num_pairs)
+    typer.echo(f"wrote a tiny random Janus to {model} and {num_pairs} pairs to {pairs}")
+    typer.echo("next: pairuni train --config configs/tiny.yaml")

@@ -41,12 +41,17 @@ from pairuni.config import PairUniConfig, dump_config
 from pairuni.data.schema import Pair
 from pairuni.policy.base import ImageRollout, RolloutBatch, TextRollout, UnifiedPolicy
 from pairuni.rewards.base import RewardSet
-from pairuni.rl import checkpoint as ckpt
-from pairuni.rl.distributed import Collective
 from pairuni.rl.objective import TaskAdvantages, TaskBatch, pairgrpo_loss, task_advantages
-from pairuni.rl.sampler import PairSampler, StepBatch, filter_pairs, make_generator
-from pairuni.rl.sharding import ShardingError, ShardingPlan, grad_norm_value, incompatibilities
-from pairuni.rl.tracking import Tracker
+from pairuni.training import checkpoint as ckpt
+from pairuni.training.distributed import Collective
+from pairuni.training.sampler import PairSampler, StepBatch, filter_pairs, make_generator
+from pairuni.training.sharding import (
+    ShardingError,
+    ShardingPlan,
+    grad_norm_value,
+    incompatibilities,
+)
+from pairuni.training.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -756,7 +761,7 @@ class PairGRPOTrainer:
             self._save_grid(batch, rollouts.gen, scores.total["gen"])
 
     def _save_grid(self, batch: StepBatch, rollout: ImageRollout, rewards: torch.Tensor) -> None:
-        from pairuni.rl.grids import captioned_grid
+        from pairuni.training.grids import captioned_grid
 
         limit = self.config.logging.image_grid_max
         k = self.algo.num_generations_gen

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import torch
 
-from pairuni.rl.distributed import Collective
+from pairuni.training.distributed import Collective
 
 logger = logging.getLogger(__name__)
 

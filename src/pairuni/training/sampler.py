@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from pairuni.data.schema import Pair
-from pairuni.rl.train_config import DataConfig
+from pairuni.training.config import DataConfig
 
 # Independent random streams, so changing one mode's use of randomness never shifts another's.
 _STREAM_ORDER, _STREAM_GEN_ORDER, _STREAM_PARTNER = 0, 1, 2
