@@ -49,6 +49,9 @@ def test_janus_pro_recipes_carry_the_paper_settings(name: str, k: int) -> None:
     cfg = load_config(CONFIGS / name)
     assert cfg.algo.num_generations_und == cfg.algo.num_generations_gen == k
     assert cfg.train.learning_rate == 1e-6
+    # at lr 1e-6 the update must not be rounded away: float32 master weights, bf16 compute
+    assert cfg.train.master_weights == "fp32"
+    assert cfg.train.precision == "bf16"
     assert cfg.train.pairs_per_step == 16
     assert cfg.train.max_steps == 1200
     assert cfg.rollout.cfg_scale == 5.0

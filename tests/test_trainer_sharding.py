@@ -177,7 +177,7 @@ def partition_worker(rank: int, port: int, model_dir: str, out_dir: str) -> None
     fsdp_policy = JanusPolicy.load(model_dir, config)
     total = sum(p.numel() for p in fsdp_policy.model.parameters())
     plan = ShardingPlan("fsdp", dist)
-    plan.wrap(fsdp_policy, torch.float32, trainable)
+    plan.wrap(fsdp_policy, trainable)
     trained = [p for group in fsdp_policy.parameter_groups().values() for p in group]
     report["fsdp_trainable_dtensor"] = all(isinstance(p, DTensor) for p in trained)
     report["fsdp_local"] = sum(p.to_local().numel() for p in trained)

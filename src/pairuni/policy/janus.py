@@ -316,6 +316,23 @@ class JanusPolicy:
     def dtype(self) -> torch.dtype:
         return self.model.lm_head.weight.dtype
 
+    @property
+    def vision_dtype(self) -> torch.dtype:
+        """The understanding encoder's dtype (pixels are cast to it; it may differ from the
+        language model's when only the latter trains in float32)."""
+        return next(self.model.model.vision_model.parameters()).dtype
+
+    def cast_trainable(self, dtype: torch.dtype) -> int:
+        """Hold the trainable parameters in `dtype` (the trainer's master weights), in place;
+        frozen modules keep theirs. Returns the number of elements whose dtype changed."""
+        changed = 0
+        for params in self.parameter_groups().values():
+            for param in params:
+                if param.dtype != dtype:
+                    param.data = param.data.to(dtype)  # the same Parameter: ties survive
+                    changed += param.numel()
+        return changed
+
     # ------------------------------------------------------------------ prompts
 
     def understanding_prompt(self, question: str, options: Sequence[str] | None = None) -> str:
@@ -457,7 +474,7 @@ class JanusPolicy:
         )
         group = torch.arange(len(questions)).repeat_interleave(num_samples)
         ids, mask = ids[group].to(self.device), mask[group].to(self.device)
-        pixels = batch["pixel_values"][group].to(self.device, self.dtype)
+        pixels = batch["pixel_values"][group].to(self.device, self.vision_dtype)
         gen = self._generator(generator)
         with self._eval_mode():
             completion, completion_mask, logprobs = self._sample_text(
@@ -533,7 +550,7 @@ class JanusPolicy:
         mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)
         out = self.model.model(
             input_ids=ids,
-            pixel_values=rollout.pixel_values.to(self.dtype),
+            pixel_values=rollout.pixel_values.to(self.vision_dtype),
             attention_mask=mask,
             position_ids=position_ids_from_mask(mask),
             use_cache=False,

@@ -10,6 +10,10 @@ from pydantic import Field, field_validator, model_validator
 
 from pairuni.configbase import Section
 
+Precision = Literal["auto", "fp32", "bf16"]
+MasterWeights = Literal["fp32", "bf16"]
+Bf16Update = Literal["kahan", "stochastic_rounding"]
+
 DataMode = Literal["pairs", "unpaired", "random_pairs", "understanding_only", "generation_only"]
 PairKinds = Literal["all", "aligned", "retrieved"]
 ReportTo = Literal["tensorboard", "wandb"]
@@ -112,10 +116,27 @@ class TrainConfig(Section):
     """Clip the global gradient norm (over all trainable parameters) to this; `null` disables
     clipping (the norm is still logged as `grad_norm`)."""
 
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """`bf16` runs rollouts and loss forward passes under bfloat16 autocast with float32 weights
-    and optimiser state (the paper's GPU runs use bf16); `fp32` runs everything in float32. For
-    bf16 weights as well, set `model.dtype: bfloat16`."""
+    precision: Precision = "auto"
+    """The dtype the forward and backward passes compute in. `bf16`: rollouts and loss passes run
+    under bfloat16 autocast (what the paper's GPU runs use); `fp32`: everything in float32;
+    `auto`: `bf16` on a GPU that supports it, else `fp32` (CPUs without bf16 units run bf16
+    slower). Where the weights live is `master_weights`; docs/training.md gives the memory of
+    each combination."""
+
+    master_weights: MasterWeights = "fp32"
+    """The dtype of the trainable weights and of what AdamW updates. `fp32` (the default, and the
+    recipes'): trainable parameters are held in float32 whatever `model.dtype` says, so that a
+    step of ~1e-6 is not rounded away (in bfloat16 it is below half the spacing of a typical
+    weight: plain AdamW then leaves ~98 % of the elements unchanged); frozen modules stay in
+    `model.dtype` under bf16 compute. `bf16`: trainable weights stay bfloat16 (2 bytes less per
+    parameter) and AdamW's update is compensated as `bf16_update` says; implies bf16 compute."""
+
+    bf16_update: Bf16Update = "kahan"
+    """With `master_weights: bf16`: how AdamW's float32 step reaches the bfloat16 weights.
+    `kahan`: each weight keeps its rounding error in a bfloat16 compensation buffer (weight +
+    buffer is the exact master value; 2 bytes per parameter); `stochastic_rounding`: rounds up
+    or down at random in proportion (unbiased in expectation, no extra memory, noisier). The
+    AdamW moments are float32 in both."""
 
     sharding: Literal["none", "zero1", "fsdp"] = "none"
     """How the processes of a multi-process run split the training state (docs/distributed.md).

@@ -121,7 +121,7 @@ class ShardingPlan:
 
     # ------------------------------------------------------------------ FSDP
 
-    def wrap(self, policy: Any, model_dtype: torch.dtype, trainable: list[str]) -> None:
+    def wrap(self, policy: Any, trainable: list[str]) -> None:
         """Apply FSDP2 to the policy's model in place (no-op unless sharding is fsdp)."""
         if self.effective != "fsdp":
             return
@@ -132,7 +132,7 @@ class ShardingPlan:
                 "train.sharding: zero1 or none for other policies"
             )
         self.model = model
-        self.units = shard_janus(model, self.dist, model_dtype, trainable)
+        self.units = shard_janus(model, self.dist, trainable)
 
     @contextlib.contextmanager
     def gathered_for_rollout(self, enabled: bool = True) -> Iterator[None]:
@@ -173,13 +173,18 @@ class ShardingPlan:
 
     # ------------------------------------------------------------------ optimiser
 
-    def build_optimizer(self, groups: list[dict[str, Any]], **adamw: Any) -> torch.optim.Optimizer:
-        """AdamW over `groups`; under zero1 partitioned over the processes."""
+    def build_optimizer(
+        self,
+        groups: list[dict[str, Any]],
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
+        **adamw: Any,
+    ) -> torch.optim.Optimizer:
+        """`optimizer_class` (AdamW) over `groups`; under zero1 partitioned over the processes."""
         if self.effective == "zero1":
             from torch.distributed.optim import ZeroRedundancyOptimizer
 
-            return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, **adamw)
-        return torch.optim.AdamW(groups, **adamw)
+            return ZeroRedundancyOptimizer(groups, optimizer_class=optimizer_class, **adamw)
+        return optimizer_class(groups, **adamw)
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
         """The full AdamW state in `torch.optim.AdamW.state_dict()` format (parameter indices in
@@ -246,9 +251,7 @@ def by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
     return {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
 
 
-def shard_janus(
-    model: torch.nn.Module, dist: Collective, dtype: torch.dtype, trainable: list[str]
-) -> list[Any]:
+def shard_janus(model: torch.nn.Module, dist: Collective, trainable: list[str]) -> list[Any]:
     """`fully_shard` every module the policy calls, then the whole model as the root.
 
     Units: each decoder layer, the input embeddings (with `lm_head` when tied), `lm_head`, the
@@ -260,9 +263,10 @@ def shard_janus(
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(dist.device.type, (dist.world_size,))
-    # param_dtype = the storage dtype (model.dtype): no cast on all-gather; reduce_dtype float32
-    # so that bf16 gradients are summed over processes without bf16 rounding at each addition.
-    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    # No param_dtype: each parameter is gathered in its storage dtype (float32 master weights,
+    # bf16 frozen ones) and the trainer's autocast does the bf16 compute, exactly as unsharded.
+    # reduce_dtype float32 so that gradients are summed over processes without bf16 rounding.
+    mp = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
 
     def shard(modules: Any, **kwargs: Any) -> Any:
         return fully_shard(modules, mesh=mesh, mp_policy=mp, **kwargs)

@@ -44,6 +44,7 @@ from pairuni.rewards.base import RewardSet
 from pairuni.rl.objective import TaskAdvantages, TaskBatch, pairgrpo_loss, task_advantages
 from pairuni.training import checkpoint as ckpt
 from pairuni.training.distributed import Collective
+from pairuni.training.precision import CompensatedAdamW, autocast, compute_dtype
 from pairuni.training.sampler import PairSampler, StepBatch, filter_pairs, make_generator
 from pairuni.training.sharding import (
     ShardingError,
@@ -242,7 +243,11 @@ class PairGRPOTrainer:
             config.seed,
         )
         model_path = self.resume_from / "model" if self.resume_from else None
+        self.compute_dtype = compute_dtype(self.train_cfg.precision, self._device())
+        if self.train_cfg.master_weights == "bf16":
+            self.compute_dtype = torch.bfloat16  # bf16 weights compute in bf16 anyway
         self.policy = policy if policy is not None else self._build_policy(model_path)
+        self._set_master_weights()
         self.sharding = self._shard_policy()
         self.reward_set = reward_set or RewardSet.from_config(config.rewards)
         self.ref_policy = self._build_reference() if self.algo.beta > 0 else None
@@ -292,16 +297,47 @@ class PairGRPOTrainer:
         self.base_dir = records.base_dir
         return list(records.records)
 
-    def _build_policy(self, path: Path | None) -> UnifiedPolicy:
+    def _device(self) -> torch.device:
+        from pairuni.policy.janus import resolve_device
+
+        if self.dist.world_size > 1 or self.config.model.device == "auto":
+            return self.dist.device
+        return resolve_device(self.config.model.device)
+
+    def _load_dtype(self) -> str:
+        """The dtype to load the checkpoint in: bfloat16 for bf16 master weights; float32 under
+        float32 compute (a bf16 module cannot take float32 inputs outside autocast); otherwise
+        `model.dtype`, the trainable modules being cast to float32 after loading."""
+        if self.train_cfg.master_weights == "bf16":
+            return "bfloat16"
+        if self.compute_dtype == torch.float32:
+            return "float32"
+        return self.config.model.dtype
+
+    def _build_policy(self, path: Path | None, dtype: str | None = None) -> UnifiedPolicy:
         from pairuni.policy.janus import JanusPolicy
 
-        model_cfg = self.config.model
-        if self.dist.world_size > 1 or model_cfg.device == "auto":
-            device = self.dist.device
-            model_cfg = model_cfg.model_copy(
-                update={"device": "cpu" if device.type == "cpu" else str(device)}
-            )
+        device = self._device()
+        model_cfg = self.config.model.model_copy(
+            update={
+                "device": "cpu" if device.type == "cpu" else str(device),
+                "dtype": dtype or self._load_dtype(),
+            }
+        )
         return JanusPolicy.load(path or model_cfg.path, model_cfg, self.config.rollout)
+
+    def _set_master_weights(self) -> None:
+        """Cast the trainable parameters to the master-weight dtype (train.master_weights)."""
+        target = torch.float32 if self.train_cfg.master_weights == "fp32" else torch.bfloat16
+        cast = getattr(self.policy, "cast_trainable", None)
+        changed = cast(target) if cast is not None else 0
+        if changed and self.dist.is_main:
+            logger.info(
+                "holding %d trainable parameters in %s (train.master_weights: %s)",
+                changed,
+                target,
+                self.train_cfg.master_weights,
+            )
 
     def _shard_policy(self) -> ShardingPlan:
         """Apply `train.sharding` to the policy (FSDP wraps it in place; see sharding.py)."""
@@ -313,8 +349,7 @@ class PairGRPOTrainer:
             raise TrainingSetupError("; ".join(problems))
         try:
             plan = ShardingPlan(self.train_cfg.sharding, self.dist)
-            dtype = getattr(self.policy, "dtype", torch.float32)
-            plan.wrap(self.policy, dtype, list(cfg.model.trainable))
+            plan.wrap(self.policy, list(cfg.model.trainable))
         except ShardingError as err:
             raise TrainingSetupError(str(err)) from err
         return plan
@@ -322,7 +357,8 @@ class PairGRPOTrainer:
     def _build_reference(self) -> UnifiedPolicy:
         """pi_ref for the KL term (algo.beta > 0): a frozen copy of the INITIAL checkpoint
         (model.path, also when resuming), kept in eval mode."""
-        ref = self._build_policy(None)
+        dtype = "float32" if self.compute_dtype == torch.float32 else self.config.model.dtype
+        ref = self._build_policy(None, dtype)
         model = getattr(ref, "model", None)
         if isinstance(model, torch.nn.Module):
             model.requires_grad_(False)
@@ -335,13 +371,16 @@ class PairGRPOTrainer:
             for name, params in self.policy.parameter_groups().items()
             if params
         ]
-        return self.sharding.build_optimizer(
-            groups,
-            lr=cfg.learning_rate,
-            betas=(cfg.adam_beta1, cfg.adam_beta2),
-            eps=cfg.adam_epsilon,
-            weight_decay=cfg.weight_decay,
-        )
+        adamw: dict[str, Any] = {
+            "lr": cfg.learning_rate,
+            "betas": (cfg.adam_beta1, cfg.adam_beta2),
+            "eps": cfg.adam_epsilon,
+            "weight_decay": cfg.weight_decay,
+        }
+        if cfg.master_weights == "bf16":
+            adamw.update(rounding=cfg.bf16_update, seed=self.config.seed)
+            return self.sharding.build_optimizer(groups, optimizer_class=CompensatedAdamW, **adamw)
+        return self.sharding.build_optimizer(groups, **adamw)
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         cfg = self.train_cfg
@@ -420,10 +459,8 @@ class PairGRPOTrainer:
         return range(start, start + self.local_pairs)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.train_cfg.precision == "bf16":
-            device = getattr(self.policy, "device", torch.device("cpu"))
-            return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        device = getattr(self.policy, "device", torch.device("cpu"))
+        return autocast(self.compute_dtype, torch.device(device))
 
     def _rollout(self, batch: StepBatch) -> StepRollouts:
         """This process's K_u answers and K_g images per pair, `rollout_chunk` pairs a call."""
@@ -557,21 +594,28 @@ class PairGRPOTrainer:
         return rollout._ref_logp
 
     def _old_logprobs(self, task: str, rollout: Any) -> torch.Tensor | None:
-        """pi_old for num_iterations > 1: the rollout's sampling log-probs, unless they are not
-        of the distribution the loss uses (image log-probs without CFG), then recomputed once."""
+        """pi_old for num_iterations > 1. The rollout's sampling log-probs when they are exactly
+        what the loss's forward computes (float32, the same distribution); otherwise recomputed
+        once, without gradient, by that same teacher-forced forward (as TRL does), so that the
+        first update's ratio is exactly 1: under bf16 the KV-cached sampler and the full
+        forward round differently (image ratios 0.93-1.09 on the tiny model), and without
+        `cfg_in_logprob` the sampler's distribution is not the loss's."""
         if self.algo.num_iterations == 1:
             return None  # on-policy: the ratio is exactly 1
-        if task == "gen" and not self.config.rollout.cfg_in_logprob:
-            if not hasattr(rollout, "_old_logp"):
-                with torch.no_grad(), self._autocast():
-                    rollout._old_logp = torch.cat(
-                        [
-                            self._logprobs(task, mb)
-                            for mb in rollout.split(self.train_cfg.micro_batch_size)
-                        ]
-                    )
-            return rollout._old_logp
-        return rollout.logprobs
+        recompute = self.compute_dtype != torch.float32 or (
+            task == "gen" and not self.config.rollout.cfg_in_logprob
+        )
+        if not recompute:
+            return rollout.logprobs
+        if getattr(rollout, "_old_logp", None) is None:
+            with torch.no_grad(), self._autocast():
+                rollout._old_logp = torch.cat(
+                    [
+                        self._logprobs(task, mb).float()
+                        for mb in rollout.split(self.train_cfg.micro_batch_size)
+                    ]
+                )
+        return rollout._old_logp
 
     def _update(
         self, rollouts: StepRollouts, advantages: dict[str, TaskAdvantages], iteration: int
