@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pairuni.configbase import Section
 
@@ -19,8 +19,56 @@ TrainableModule = Literal[
     "vision_model",
     "vqmodel",
 ]
+LoraModule = Literal[
+    "language_model", "generation_head", "generation_aligner", "aligner", "vision_model"
+]
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|(cuda|xpu|npu)(:\d+)?)$")
 VALID_DEVICES = "auto, cpu, mps, cuda, cuda:N, xpu, xpu:N, npu, npu:N"
+
+
+class LoraConfig(Section):
+    """LoRA adapters through `peft` (docs/policy.md, "LoRA"): only the adapters (and the modules
+    of `model.trainable` not listed in `modules`, trained in full) change; the base weights stay
+    frozen in `model.dtype`. Checkpoints hold the adapters; `pairuni merge-lora` writes a merged
+    model in the usual HF format."""
+
+    rank: int = Field(16, ge=1)
+    """r: the rank of each adapter (A: r x in, B: out x r)."""
+
+    alpha: float = Field(32.0, gt=0.0)
+    """The adapter output is scaled by alpha / rank (peft's `lora_alpha`)."""
+
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapter input (peft's `lora_dropout`). It acts in the loss's forward pass
+    only (rollouts, old and reference log-probs run without it), so with `> 0` the first
+    update's importance ratio is not exactly 1."""
+
+    modules: list[LoraModule] = Field(default_factory=lambda: ["language_model"])
+    """The sub-models (each must be in `model.trainable`) whose linear layers get adapters. The
+    other modules of `model.trainable` are trained in full (peft's `modules_to_save`: a trainable
+    copy beside the frozen original, so disabling the adapters restores the initial model)."""
+
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+    )
+    """Names of the linear layers inside `modules` that get adapters (the last part of the
+    module path, e.g. `q_proj`), or `[all-linear]` for every linear layer in them. The default is
+    the language model's attention and MLP projections (what UniRL's Janus-Pro recipes adapt)."""
+
+    @field_validator("modules", "target_modules")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("is empty, so no adapter would be made; list at least one name")
+        return list(dict.fromkeys(value))
 
 
 class ModelConfig(Section):
@@ -46,6 +94,12 @@ class ModelConfig(Section):
     `generation_aligner` are the image-token head, input embeddings and projector; `aligner` and
     `vision_model` are the understanding encoder path; `vqmodel` the VQ image tokenizer."""
 
+    lora: LoraConfig | None = None
+    """LoRA / PEFT fine-tuning instead of full fine-tuning: `null` (the default) trains the
+    modules of `trainable` in full; a mapping (e.g. `lora: {rank: 16}`) trains adapters on
+    `lora.modules`. With `algo.beta > 0` the reference model is the same weights with the
+    adapters disabled (no second copy)."""
+
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass of the language model (less memory, ~30 % more
     compute). Rollouts are unaffected: they run without gradient and with a KV cache."""
@@ -56,6 +110,18 @@ class ModelConfig(Section):
         if not DEVICE_PATTERN.match(value):
             raise ValueError(f"unknown device {value!r}; valid devices: {VALID_DEVICES}")
         return value
+
+    @model_validator(mode="after")
+    def _check_lora_modules(self) -> ModelConfig:
+        if self.lora is not None:
+            missing = [m for m in self.lora.modules if m not in self.trainable]
+            if missing:
+                raise ValueError(
+                    f"lora.modules lists {', '.join(missing)}, which model.trainable does not; "
+                    f"add {', '.join(missing)} to model.trainable (it lists what trains, LoRA "
+                    "or in full) or remove it from lora.modules"
+                )
+        return self
 
     @field_validator("trainable")
     @classmethod

@@ -66,10 +66,23 @@ class PromptTooLongError(ValueError):
 
 
 def check_checkpoint_dir(path: str | Path) -> Path:
-    """Fail with the list of missing files unless `path` looks like an HF Janus checkpoint."""
+    """Fail with the list of missing files unless `path` looks like an HF Janus checkpoint (or a
+    LoRA adapter folder whose base model does)."""
+    from pairuni.policy.lora import adapter_base, is_adapter_dir
+
     root = Path(path)
     if not root.is_dir():
         raise CheckpointError(f"checkpoint directory {root} does not exist")
+    if is_adapter_dir(root):
+        base = adapter_base(root)
+        if not base.is_dir():
+            raise CheckpointError(
+                f"{root} is a LoRA adapter whose base model {base} (base_model_name_or_path in "
+                f"{root / 'adapter_config.json'}) does not exist; put the base checkpoint there "
+                "or edit that path"
+            )
+        check_checkpoint_dir(base)
+        return root
     missing = []
     if not (root / "config.json").is_file():
         missing.append("config.json")
@@ -227,7 +240,11 @@ class JanusPolicy:
         processor: JanusProcessor,
         model_config: ModelConfig | None = None,
         rollout_config: RolloutConfig | None = None,
+        peft_model: Any = None,
     ) -> None:
+        """`peft_model`: the `PeftModel` wrapping `model` when it carries LoRA adapters already
+        (loaded from an adapter folder); with `model_config.lora` and none, fresh adapters are
+        made."""
         self.model = model
         self.processor = processor
         self.model_config = model_config or ModelConfig()
@@ -236,7 +253,19 @@ class JanusPolicy:
         self._banned_text_ids = self._image_marker_ids()
         self.num_image_tokens = int(model.config.vision_config.num_image_tokens)
         self.max_positions = int(model.config.text_config.max_position_embeddings)
-        self._set_trainable(self.model_config.trainable)
+        self.peft = peft_model
+        if self.model_config.lora is not None and self.peft is None:
+            from pairuni.policy.lora import apply_lora
+
+            self.peft = apply_lora(
+                model,
+                self.model_config.lora,
+                self.model_config.trainable,
+                TRAINABLE_MODULES,
+                getattr(model.config, "_name_or_path", None) or self.model_config.path,
+            )
+        if self.peft is None:
+            self._set_trainable(self.model_config.trainable)
         if self.model_config.gradient_checkpointing:
             model.model.language_model.activation_checkpointing_enable(
                 activation_checkpointing_kwargs={"use_reentrant": False}
@@ -258,14 +287,21 @@ class JanusPolicy:
         path = path if path is not None else model_config.path
         if path is None:
             raise CheckpointError("no checkpoint given: pass a directory (model.path)")
+        from pairuni.policy.lora import adapter_base, is_adapter_dir, load_adapter
+
         root = check_checkpoint_dir(path)
+        adapter = is_adapter_dir(root)
+        base = adapter_base(root) if adapter else root
         dtype = resolve_dtype(model_config.dtype)
         device = resolve_device(model_config.device)
         processor = JanusProcessor.from_pretrained(root)
-        model = JanusForConditionalGeneration.from_pretrained(root, dtype=dtype)
+        model = JanusForConditionalGeneration.from_pretrained(base, dtype=dtype)
+        peft_model = None
+        if adapter:  # trainable when training (model.lora set), frozen for inference
+            peft_model = load_adapter(model, root, trainable=model_config.lora is not None)
         model.to(device)
-        model.eval()  # dropout off; the trainer calls .train() only for gradient checkpointing
-        return cls(model, processor, model_config, rollout_config)
+        model.eval()  # dropout off; the trainer calls .train() only for its loss passes
+        return cls(model, processor, model_config, rollout_config, peft_model)
 
     def save(self, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Write model, generation config and processor in the same HF format `load` reads.
@@ -275,8 +311,30 @@ class JanusPolicy:
         """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out, state_dict=state_dict)
+        if self.peft is not None:  # the adapters only; the base model stays where it is
+            from pairuni.policy.lora import save_adapter
+
+            save_adapter(self.peft, out, state_dict)
+        else:
+            self.model.save_pretrained(out, state_dict=state_dict)
         self.processor.save_pretrained(out)
+
+    def merged(self) -> JanusPolicy:
+        """The policy with its LoRA adapters (and trained modules_to_save) merged into plain
+        weights: an ordinary Janus model that `save` writes in the HF format. Consumes this
+        policy's adapters. Without adapters, the policy itself."""
+        if self.peft is None:
+            return self
+        model = self.peft.merge_and_unload()
+        config = self.model_config.model_copy(update={"lora": None})
+        return JanusPolicy(model, self.processor, config, self.rollout_config)
+
+    def reference(self) -> ReferenceView:
+        """pi_ref for the KL term when the policy carries LoRA adapters: the same weights with
+        the adapters disabled (no second copy of the model)."""
+        if self.peft is None:
+            raise ValueError("reference() needs LoRA adapters; load a frozen copy instead")
+        return ReferenceView(self)
 
     # ------------------------------------------------------------------ parameters
 
@@ -295,7 +353,14 @@ class JanusPolicy:
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         """Trainable parameters by `ModelConfig.trainable` name; a tied parameter (lm_head and
-        the input embeddings) appears once."""
+        the input embeddings) appears once. With LoRA: `lora` (the adapters) and the modules
+        trained in full."""
+        if self.peft is not None:
+            from pairuni.policy.lora import trainable_groups
+
+            lora = self.model_config.lora
+            full = [m for m in self.model_config.trainable if lora is None or m not in lora.modules]
+            return trainable_groups(self.peft, {m: TRAINABLE_MODULES[m] for m in full})
         seen: set[int] = set()
         groups: dict[str, list[torch.nn.Parameter]] = {}
         for name in self.model_config.trainable:
@@ -721,3 +786,23 @@ class JanusPolicy:
             yield
         finally:
             self.model.train(was_training)
+
+
+class ReferenceView:
+    """The text and image log-probs of a LoRA policy with its adapters disabled: the initial
+    model, sharing every weight with the policy."""
+
+    def __init__(self, policy: JanusPolicy) -> None:
+        self.policy = policy
+
+    def text_logprobs(self, rollout: TextRollout) -> torch.Tensor:
+        from pairuni.policy.lora import adapters_disabled
+
+        with adapters_disabled(self.policy.peft):
+            return self.policy.text_logprobs(rollout)
+
+    def image_logprobs(self, rollout: ImageRollout) -> torch.Tensor:
+        from pairuni.policy.lora import adapters_disabled
+
+        with adapters_disabled(self.policy.peft):
+            return self.policy.image_logprobs(rollout)

@@ -354,9 +354,12 @@ class PairGRPOTrainer:
             raise TrainingSetupError(str(err)) from err
         return plan
 
-    def _build_reference(self) -> UnifiedPolicy:
-        """pi_ref for the KL term (algo.beta > 0): a frozen copy of the INITIAL checkpoint
-        (model.path, also when resuming), kept in eval mode."""
+    def _build_reference(self) -> Any:
+        """pi_ref for the KL term (algo.beta > 0): with LoRA the policy itself with its adapters
+        disabled; otherwise a frozen copy of the INITIAL checkpoint (model.path, also when
+        resuming), kept in eval mode."""
+        if getattr(self.policy, "peft", None) is not None:
+            return self.policy.reference()  # type: ignore[attr-defined]
         dtype = "float32" if self.compute_dtype == torch.float32 else self.config.model.dtype
         ref = self._build_policy(None, dtype)
         model = getattr(ref, "model", None)
@@ -630,12 +633,15 @@ class PairGRPOTrainer:
             and rollouts.gen is not None
         )
         model = getattr(self.policy, "model", None)
-        if self.config.model.gradient_checkpointing and isinstance(model, torch.nn.Module):
-            model.train()  # HF checkpointing is active in training mode only
         task_grads: dict[str, torch.Tensor] = {}
+        training_mode = self._loss_in_training_mode() and isinstance(model, torch.nn.Module)
         for task, rollout, adv, mask, norm_length in self._task_inputs(rollouts, advantages):
+            if training_mode:
+                model.eval()  # old and reference log-probs: the sampling distribution
             old = self._old_logprobs(task, rollout)
             ref = self._ref_logprobs(task, rollout)
+            if training_mode:
+                model.train()
             num_tokens = self.dist.reduce(mask.sum().double()).item()
             num_seqs = self.dist.reduce(torch.tensor(float(mask.shape[0]))).item()
             size = self.train_cfg.micro_batch_size
@@ -671,6 +677,12 @@ class PairGRPOTrainer:
             metrics["grad_cosine"] = self._restore_and_compare(task_grads)
         metrics.update(self._optimizer_step())
         return metrics
+
+    def _loss_in_training_mode(self) -> bool:
+        """HF gradient checkpointing is active in training mode only, and LoRA dropout acts only
+        there; otherwise the loss's forward runs in eval mode like the rollouts."""
+        lora = self.config.model.lora
+        return self.config.model.gradient_checkpointing or (lora is not None and lora.dropout > 0)
 
     def _loss(
         self,
