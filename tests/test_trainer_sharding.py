@@ -236,11 +236,13 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_assets(tmp_path_factory.mktemp("sharding"))
 
 
-def write_config(assets: dict[str, Path], out: Path, **train: Any) -> Path:
+def write_config(
+    assets: dict[str, Path], out: Path, model: dict[str, Any] | None = None, **train: Any
+) -> Path:
     # no clipping: a clipped gradient has norm 1 whatever its scale, so a mean taken for a sum
     # over ranks would go unnoticed (the unclipped norm here is ~10)
     run = {"max_steps": STEPS, "save_every": 1, "save_total_limit": None, "max_grad_norm": None}
-    return write_tiny_config(assets, out, seed=5, max_new_tokens=4, **{**run, **train})
+    return write_tiny_config(assets, out, seed=5, max_new_tokens=4, model=model, **{**run, **train})
 
 
 def free_port() -> int:
@@ -323,13 +325,19 @@ def unsharded(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
 
 
 def resume_from_copy(
-    assets: dict[str, Path], run: Path, step: int, tmp: Path, processes: int, **train: Any
+    assets: dict[str, Path],
+    run: Path,
+    step: int,
+    tmp: Path,
+    processes: int,
+    model: dict[str, Any] | None = None,
+    **train: Any,
 ) -> Path:
     """Copy `run`'s checkpoint-`step` into a fresh out_dir and resume there to the end."""
     out = tmp / "resumed"
     out.mkdir()
     shutil.copytree(run / f"checkpoint-{step}", out / f"checkpoint-{step}")
-    launch(write_config(assets, out, **train), processes, "--resume")
+    launch(write_config(assets, out, model=model, **train), processes, "--resume")
     return out
 
 
@@ -378,3 +386,38 @@ def test_fsdp_checkpoint_loads_with_from_pretrained_and_resumes_under_another_mo
     # an FSDP checkpoint resumed in ONE unsharded process continues like the 1-process run
     resumed = resume_from_copy(assets, run, 2, tmp_path, 1)
     assert_weights_close(weights(resumed, STEPS), weights(unsharded, STEPS))
+
+
+LORA_MODEL = {"lora": {"rank": 4, "alpha": 8.0}}
+
+
+def adapters(out: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(out / f"checkpoint-{step}" / "model" / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def unsharded_lora(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("one-lora") / "run"
+    launch(write_config(assets, out, model=LORA_MODEL), 1)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharding", ["fsdp", "zero1"])
+def test_lora_under_sharding_matches_one_process_and_resumes_exactly(
+    sharding: str, assets: dict[str, Path], unsharded_lora: Path, tmp_path: Path
+) -> None:
+    """Adapters (LoRA on the language model, the generation head in full as modules_to_save)
+    train the same in 2 sharded processes as in 1, and the checkpoint holds adapters only."""
+    run = tmp_path / sharding
+    launch(write_config(assets, run, model=LORA_MODEL, sharding=sharding), 2)
+    assert not (run / f"checkpoint-{STEPS}" / "model" / "model.safetensors").exists()
+    assert grad_norms(run) == pytest.approx(grad_norms(unsharded_lora), rel=1e-4)
+    got, want = adapters(run, STEPS), adapters(unsharded_lora, STEPS)
+    assert any("lora_B" in k and want[k].abs().sum() > 0 for k in want), "nothing trained"
+    assert_weights_close(got, want)
+    assert_states_close(optimizer_state(run, STEPS), optimizer_state(unsharded_lora, STEPS))
+    resumed = resume_from_copy(assets, run, 1, tmp_path, 2, model=LORA_MODEL, sharding=sharding)
+    final = adapters(resumed, STEPS)
+    for key in got:
+        assert torch.equal(got[key], final[key]), key

@@ -20,16 +20,23 @@ def make_assets(root: Path) -> dict[str, Path]:
 
 
 def write_tiny_config(
-    assets: dict[str, Path], out: Path, *, seed: int, max_new_tokens: int, **train: Any
+    assets: dict[str, Path],
+    out: Path,
+    *,
+    seed: int,
+    max_new_tokens: int,
+    model: dict[str, Any] | None = None,
+    **train: Any,
 ) -> Path:
     """Write `<out>.yaml`: 2 pairs a step, 2 samples per task, micro-batches of 3; `train`
-    adds or replaces keys of the `train` section."""
+    adds or replaces keys of the `train` section, `model` of the `model` section."""
     raw = {
         "seed": seed,
         "model": {
             "path": str(assets["model"]),
             "device": "cpu",
             "trainable": ["language_model", "generation_head"],
+            **(model or {}),
         },
         "rollout": {"max_new_tokens": max_new_tokens},
         "data": {"path": str(assets["pairs"])},

@@ -173,6 +173,33 @@ def answer(
         typer.echo(f"{prefix}{text.strip()}")
 
 
+def merge_lora(
+    adapter: Annotated[
+        Path, typer.Argument(help="A LoRA checkpoint: train.out_dir/checkpoint-N/model.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the merged model.")],
+    dtype: Annotated[
+        str, typer.Option(help="float32 | bfloat16: the dtype of the merged weights.")
+    ] = "float32",
+    device: DeviceOption = "cpu",
+) -> None:
+    """Merge a LoRA checkpoint's adapters into its base model and write an ordinary Janus
+    checkpoint (HF format) that `generate`, `answer`, `eval` and transformers load as usual.
+    (They also load the adapter folder itself, on its base model.)"""
+    from pairuni.policy.config import ModelConfig
+    from pairuni.policy.janus import CheckpointError, JanusPolicy
+    from pairuni.policy.lora import LoraError, is_adapter_dir
+
+    if not is_adapter_dir(adapter):
+        fail(f"{adapter} holds no adapter_config.json: it is not a LoRA checkpoint folder")
+    try:
+        policy = JanusPolicy.load(adapter, ModelConfig(dtype=dtype, device=device or "cpu"))
+    except (CheckpointError, LoraError, ValueError) as err:
+        fail(str(err))
+    policy.merged().save(out)
+    typer.echo(f"wrote the merged model to {out}")
+
+
 def tiny_model(
     out: Annotated[Path, typer.Argument(help="Directory to write the checkpoint to.")],
     image_size: Annotated[int, typer.Option(min=8, help="Understanding image side, px.")] = 32,

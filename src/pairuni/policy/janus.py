@@ -279,11 +279,18 @@ class JanusPolicy:
         path: str | Path | None = None,
         model_config: ModelConfig | None = None,
         rollout_config: RolloutConfig | None = None,
+        *,
+        for_training: bool = False,
     ) -> JanusPolicy:
-        """Load a local HF-format checkpoint (`path`, else `model_config.path`)."""
+        """Load a local HF-format checkpoint (`path`, else `model_config.path`), or a LoRA
+        adapter folder on its base model. `for_training`: apply `model_config.lora` (fresh
+        adapters on a full checkpoint, trainable ones from an adapter folder); otherwise an
+        adapter folder is loaded frozen and `model.lora` is ignored (inference)."""
         from transformers import JanusForConditionalGeneration, JanusProcessor
 
         model_config = model_config or ModelConfig()
+        if not for_training and model_config.lora is not None:
+            model_config = model_config.model_copy(update={"lora": None})
         path = path if path is not None else model_config.path
         if path is None:
             raise CheckpointError("no checkpoint given: pass a directory (model.path)")

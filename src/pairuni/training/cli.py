@@ -34,13 +34,14 @@ def train(
     check_paths(cfg)
     from pairuni.data.errors import DataError
     from pairuni.policy.janus import CheckpointError
+    from pairuni.policy.lora import LoraError
     from pairuni.rewards.base import RewardError
     from pairuni.training.trainer import PairGRPOTrainer, TrainingSetupError
 
     target: Path | bool | None = resume_from if resume_from is not None else resume
     try:
         trainer = PairGRPOTrainer(cfg, resume=target)
-    except (DataError, CheckpointError, RewardError, TrainingSetupError) as err:
+    except (DataError, CheckpointError, LoraError, RewardError, TrainingSetupError) as err:
         fail(str(err))
     except FileNotFoundError as err:
         fail(str(err))

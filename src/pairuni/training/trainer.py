@@ -324,7 +324,9 @@ class PairGRPOTrainer:
                 "dtype": dtype or self._load_dtype(),
             }
         )
-        return JanusPolicy.load(path or model_cfg.path, model_cfg, self.config.rollout)
+        return JanusPolicy.load(
+            path or model_cfg.path, model_cfg, self.config.rollout, for_training=True
+        )
 
     def _set_master_weights(self) -> None:
         """Cast the trainable parameters to the master-weight dtype (train.master_weights)."""
