@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from janus_helpers import PROMPTS, QUESTIONS, TOL, images, load
-from pairuni.policy.base import ImageRollout, UnifiedPolicy
+from pairuni.policy.base import ImageRollout, TextRollout, UnifiedPolicy
 from pairuni.policy.config import ModelConfig, RolloutConfig
 from pairuni.policy.janus import (
     JanusPolicy,
@@ -76,6 +76,41 @@ def test_text_sampling_logprobs_equal_teacher_forced(
     teacher = policy.text_logprobs(rollout)
     assert teacher.requires_grad
     torch.testing.assert_close(teacher.detach(), rollout.logprobs, atol=TOL, rtol=0)
+
+
+def naive_text_logprobs(
+    policy: JanusPolicy, rollout: TextRollout, temperature: float
+) -> torch.Tensor:
+    """The documented distribution with none of the policy's sampling code: no cache, no padding,
+    no shared helpers. For answer token j, run the model on the image + prompt + answer[:j], put
+    the LAST hidden state through lm_head, ban the image markers, then log softmax(l / T)."""
+    model = policy.model
+    out = torch.zeros_like(rollout.logprobs)
+    with torch.no_grad():
+        for b in range(len(rollout)):
+            prompt = rollout.prompt_ids[b][rollout.prompt_mask[b].bool()]
+            answer = rollout.completion_ids[b]
+            for j in range(int(rollout.completion_mask[b].sum())):
+                ids = torch.cat([prompt, answer[:j]])[None]
+                pixels = rollout.pixel_values[b : b + 1]
+                h = model.model(input_ids=ids, pixel_values=pixels).last_hidden_state[0, -1]
+                logits = model.lm_head(h).float()
+                logits[policy._banned_text_ids] = float("-inf")
+                out[b, j] = torch.log_softmax(logits / temperature, -1)[answer[j]]
+    return out
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(0.7, 0.8), (1.6, 1.0)])
+def test_text_sampling_logprobs_equal_an_uncached_loop_at_any_temperature(
+    tiny_dir: Path, temperature: float, top_p: float
+) -> None:
+    # the test above compares two paths that share text_logits and the temperature code; this
+    # loop shares neither, so a temperature applied twice (or never) in both shows here
+    policy = load(tiny_dir, text_temperature=temperature, top_p=top_p, max_new_tokens=4)
+    rollout = policy.rollout_text(images(), QUESTIONS, 2, generator=4)
+    naive = naive_text_logprobs(policy, rollout, temperature)
+    torch.testing.assert_close(rollout.logprobs, naive, atol=TOL, rtol=0)
+    torch.testing.assert_close(policy.text_logprobs(rollout).detach(), naive, atol=TOL, rtol=0)
 
 
 def test_completion_mask_stops_after_first_eos(tiny_dir: Path) -> None:
@@ -209,10 +244,16 @@ def test_conditional_only_logprobs_are_not_the_sampler_under_cfg(tiny_dir: Path)
 
 
 def naive_image_logprobs(
-    policy: JanusPolicy, rollout: ImageRollout, shift: int, num_codes: int | None = None
+    policy: JanusPolicy,
+    rollout: ImageRollout,
+    shift: int,
+    num_codes: int | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """No cache, no slicing arithmetic: for code j, run the LM on prompt + codes[:j + shift] and
-    read the LAST hidden state. shift=0 is correct; shift=1 is the classic off-by-one."""
+    """No cache, no slicing arithmetic, no shared helpers: for code j, run the LM on
+    prompt + codes[:j + shift] per branch, read the LAST hidden state, combine the generation
+    head's logits as l_u + w (l_c - l_u) and take log softmax(l / T). shift=0 is correct;
+    shift=1 is the classic off-by-one."""
     model, w = policy.model, policy.rollout_config.cfg_scale
     rows = []
     with torch.no_grad():
@@ -236,7 +277,7 @@ def naive_image_logprobs(
                     branch_logits.append(model.model.generation_head(h)[0].float())
                 cond, uncond = branch_logits
                 guided = uncond + w * (cond - uncond)
-                out.append(torch.log_softmax(guided, -1)[codes[j]])
+                out.append(torch.log_softmax(guided / temperature, -1)[codes[j]])
             rows.append(torch.stack(out))
     return torch.stack(rows)
 
@@ -251,6 +292,18 @@ def test_hidden_state_at_begin_of_image_predicts_code_zero(policy: JanusPolicy) 
     torch.testing.assert_close(rollout.logprobs, right, atol=TOL, rtol=0)
     off_by_one = naive_image_logprobs(policy, rollout, shift=1, num_codes=4)
     assert (off_by_one - right[:, :4]).abs().max() > 1e-2, "the guard must be able to fail"
+
+
+@pytest.mark.parametrize(("cfg_scale", "temperature"), [(3.0, 0.7), (5.0, 1.6)])
+def test_image_sampling_logprobs_equal_an_uncached_loop_at_any_temperature(
+    tiny_dir: Path, cfg_scale: float, temperature: float
+) -> None:
+    # sampling and teacher forcing share _guided and the temperature code; the loop shares neither
+    policy = load(tiny_dir, cfg_scale=cfg_scale, image_temperature=temperature)
+    rollout = policy.rollout_image(PROMPTS, 1, generator=7, decode=False)
+    naive = naive_image_logprobs(policy, rollout, shift=0, temperature=temperature)
+    torch.testing.assert_close(rollout.logprobs, naive, atol=TOL, rtol=0)
+    torch.testing.assert_close(policy.image_logprobs(rollout).detach(), naive, atol=TOL, rtol=0)
 
 
 def test_greedy_image_rollout_equals_hf_generate(policy: JanusPolicy) -> None:

@@ -86,9 +86,18 @@ def test_none_scale_hand_example() -> None:
     torch.testing.assert_close(out.advantages, torch.tensor(expected, dtype=torch.float64))
 
 
+# Ties whose mean does not round back to the value (three float32 0.9s average to 0.89999992,
+# not 0.89999998; three float64 0.1s to 0.10000000000000002): r - mean is a rounding residue,
+# not 0, so only the zero-variance rule, not the fewer-than-two count, makes these advantages 0.
+INEXACT_TIES = [(torch.float32, 0.9), (torch.float64, 0.1)]
+
+
+@pytest.mark.parametrize(("dtype", "tie"), INEXACT_TIES, ids=["float32", "float64"])
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
-def test_zero_variance_group_is_exactly_zero(scale: str) -> None:
-    rewards = torch.tensor([0.1, 0.1, 0.1, 0.7, 0.2, 0.3], dtype=torch.float32)
+def test_zero_variance_group_is_exactly_zero(scale: str, dtype: torch.dtype, tie: float) -> None:
+    rewards = torch.tensor([tie, tie, tie, 0.7, 0.2, 0.3], dtype=dtype)
+    tied = rewards[:3]
+    assert (tied - tied.sum() / 3 != 0).all(), "the tie must have an inexact mean"
     groups = torch.tensor([5, 5, 5, 9, 9, 9])
     out = group_advantages(rewards, groups, scale=scale, epsilon=1e-4)
     assert out.advantages[:3].tolist() == [0.0, 0.0, 0.0]

@@ -151,24 +151,47 @@ def test_kl_to_the_initial_model_is_zero_first_then_positive(
 
 
 def one_step(
-    assets: dict[str, Path], out: Path, micro: int
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    # adam_epsilon 1 makes the first AdamW update ~ lr * g for small g instead of lr * sign(g),
-    # which would blow float noise in near-zero gradients up to a full step
-    train = {"max_steps": 1, "micro_batch_size": micro, "adam_epsilon": 1.0}
-    trainer = PairGRPOTrainer(make_config(assets, out, train=train))
+    assets: dict[str, Path], out: Path, micro: int, aggregation: str
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One training step; returns the accumulated gradient it stepped with and the parameters
+    before and after it."""
+    # No clipping: clip_grad_norm_ maps g and c * g to the same update, so a wrong loss
+    # normaliser (a per-micro-batch count) would leave the update unchanged. adam_epsilon 1 makes
+    # the first AdamW update ~ lr * g for small g rather than lr * sign(g), which would hide a
+    # rescaled gradient too (and blow float noise in near-zero gradients up to a full step).
+    train = {"max_steps": 1, "micro_batch_size": micro, "adam_epsilon": 1.0, "max_grad_norm": None}
+    algo = {"loss_aggregation": aggregation}
+    trainer = PairGRPOTrainer(make_config(assets, out, train=train, algo=algo))
+    grads: list[torch.Tensor] = []
+    real_step = trainer._optimizer_step
+
+    def record_then_step() -> dict[str, float]:
+        grads.append(torch.cat([p.grad.detach().reshape(-1).clone() for p in trainer.params]))
+        return real_step()
+
+    trainer._optimizer_step = record_then_step  # type: ignore[method-assign]
     start = named_params(trainer)
     trainer.train()
-    return start, named_params(trainer)
+    assert len(grads) == 1
+    return grads[0], start, named_params(trainer)
 
 
-def test_micro_batching_does_not_change_the_update(assets: dict[str, Path], tmp_path: Path) -> None:
-    start, whole = one_step(assets, tmp_path / "a", micro=64)
-    _, pieces = one_step(assets, tmp_path / "b", micro=1)
+@pytest.mark.parametrize(
+    "aggregation", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
+)
+def test_micro_batching_does_not_change_the_update(
+    assets: dict[str, Path], tmp_path: Path, aggregation: str
+) -> None:
+    # micro 64 holds each task's 4 rows at once, so its normalisers are the step's whatever the
+    # code does; micro 1 and 3 (3 + 1 rows) only match it with step-wide normalisers
+    grad, start, whole = one_step(assets, tmp_path / "a", 64, aggregation)
     changed = [n for n in whole if not torch.equal(whole[n], start[n])]
-    assert changed, "the step changed nothing, so the comparison would be empty"
-    for name in changed:
-        torch.testing.assert_close(pieces[name] - start[name], whole[name] - start[name])
+    assert grad.norm() > 0 and changed, "a zero step would make the comparison empty"
+    for micro in (1, 3):
+        grad_m, _, pieces = one_step(assets, tmp_path / f"m{micro}", micro, aggregation)
+        torch.testing.assert_close(grad_m, grad, rtol=1e-4, atol=1e-6 * float(grad.abs().max()))
+        for name in changed:
+            torch.testing.assert_close(pieces[name] - start[name], whole[name] - start[name])
 
 
 def test_grad_cosine_matches_separately_computed_task_gradients(
