@@ -28,14 +28,10 @@ from typing import Any
 import torch
 from PIL import Image
 
+from janus_shapes import janus_pro_like
 from pairuni.policy.config import ModelConfig, RolloutConfig
 from pairuni.policy.janus import JanusPolicy, position_ids_from_mask, sample_from_logits
-from pairuni.policy.tiny import (
-    build_generation_config,
-    build_processor,
-    build_tiny_janus,
-    build_tokenizer,
-)
+from pairuni.policy.tiny import build_tiny_janus
 
 PROMPTS = ["a red square above a blue circle", "three green triangles"]
 
@@ -204,62 +200,9 @@ def bench_cpu_text(workdir: Path, k: int, new_tokens: int, repeats: int) -> dict
     }
 
 
-def janus_pro_1b_like(device: torch.device, dry_run: bool = False) -> JanusPolicy:
-    """A random model with Janus-Pro-1B's shapes (LLM 2048 x 24, SigLIP-L 384/16, VQ 16384),
-    built directly on `device` in bfloat16, with the tiny tokenizer and a 384 px processor.
-    `dry_run` shrinks every width and depth (still 576 image tokens, 384 px) to check this code
-    path on a CPU."""
-    from transformers import JanusConfig, JanusForConditionalGeneration
-
-    tok = build_tokenizer()
-    text = {
-        "model_type": "llama",
-        "vocab_size": 102400,
-        "hidden_size": 2048,
-        "intermediate_size": 5632,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 16,
-        "max_position_embeddings": 16384,
-        "bos_token_id": tok.bos_token_id,
-        "eos_token_id": tok.eos_token_id,
-        "pad_token_id": tok.pad_token_id,
-    }
-    vision = {"image_size": 384, "patch_size": 16, "projection_dim": 2048}
-    vq: dict[str, Any] = {"projection_dim": 2048, "image_token_embed_dim": 2048}
-    if dry_run:
-        text |= {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
-        text |= {"num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 512}
-        vision |= {"hidden_size": 32, "projection_dim": 64, "num_hidden_layers": 1}
-        vision |= {"num_attention_heads": 2}
-        vq |= {"projection_dim": 64, "image_token_embed_dim": 64, "base_channels": 32}
-        vq |= {"channel_multiplier": [1, 1, 1, 1, 1], "latent_channels": 32, "num_res_blocks": 1}
-    config = JanusConfig(
-        text_config=text,
-        vision_config=vision,
-        vq_config=vq,
-        image_token_id=tok.convert_tokens_to_ids("<image_placeholder>"),
-    )
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with device:
-            model = JanusForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(torch.float32)
-    model.generation_config = build_generation_config(tok)
-    model.eval()
-    processor = build_processor(tok, 384, 576)
-    return JanusPolicy(
-        model,
-        processor,
-        ModelConfig(dtype="bf16", device=device.type if device.index is None else str(device)),
-        RolloutConfig(system_prompt=""),
-    )
-
-
 def bench_gpu(k: int, repeats: int, dry_run: bool = False) -> dict[str, Any]:
     device = torch.device("cpu" if dry_run else "cuda")
-    policy = janus_pro_1b_like(device, dry_run)
+    policy = janus_pro_like("1b", device, torch.bfloat16, dry_run)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     prompts = PROMPTS[:1]
