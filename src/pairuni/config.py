@@ -236,6 +236,10 @@ def field_summary(schema: type[BaseModel], loc: list[str]) -> str:
 
 
 def nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The section type of a field: `Model` or an optional `Model | None`, else None."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        models = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = models[0] if len(models) == 1 else None
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     return None
@@ -312,18 +316,20 @@ def render_leaf(key: str, info: Any, indent: str) -> list[str]:
 def render_section(model: type[BaseModel], prefix: str, level: int) -> list[str]:
     lines: list[str] = []
     leaves: list[str] = []
-    children: list[tuple[str, type[BaseModel]]] = []
+    children: list[tuple[str, type[BaseModel], Any]] = []
     for name, info in model.model_fields.items():
         key = f"{prefix}{name}"
         child = nested_model(info.annotation)
         if child is not None:
-            children.append((key, child))
+            children.append((key, child, info))
             continue
         leaves += render_leaf(key, info, indent="")
     if leaves:
         lines += [*leaves, ""]
-    for key, child in children:
+    for key, child, info in children:
         lines += [f"{'#' * level} `{key}`", ""]
+        if info.default is None:  # an optional section: say what leaving it out means
+            lines += [" ".join((info.description or "").split()) + " Default `null`.", ""]
         doc = " ".join((child.__doc__ or "").split())
         if doc:
             lines += [doc, ""]

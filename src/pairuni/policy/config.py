@@ -27,7 +27,7 @@ VALID_DEVICES = "auto, cpu, mps, cuda, cuda:N, xpu, xpu:N, npu, npu:N"
 
 
 class LoraConfig(Section):
-    """LoRA adapters through `peft` (docs/policy.md, "LoRA"): only the adapters (and the modules
+    """LoRA adapters through `peft` (docs/training.md, "LoRA"): only the adapters (and the modules
     of `model.trainable` not listed in `modules`, trained in full) change; the base weights stay
     frozen in `model.dtype`. Checkpoints hold the adapters; `pairuni merge-lora` writes a merged
     model in the usual HF format."""
@@ -61,7 +61,7 @@ class LoraConfig(Section):
     )
     """Names of the linear layers inside `modules` that get adapters (the last part of the
     module path, e.g. `q_proj`), or `[all-linear]` for every linear layer in them. The default is
-    the language model's attention and MLP projections (what UniRL's Janus-Pro recipes adapt)."""
+    the language model's attention and MLP projections (every linear layer of a Llama block)."""
 
     @field_validator("modules", "target_modules")
     @classmethod
