@@ -59,7 +59,12 @@ def test_help_lists_the_run_options_and_compare() -> None:
 def test_run_then_rescore_without_the_model(tiny_dir: Path, tmp_path: Path) -> None:
     write_mmstar(tmp_path / "data" / "mmstar")
     out = tmp_path / "run"
-    common = ["--set", f"eval.data_root={tmp_path / 'data'}", "--set", "eval.max_new_tokens=2"]
+    common = [
+        "--set",
+        f"eval.data_root={tmp_path / 'data'}",
+        "--set",
+        "eval.rollout.max_new_tokens=2",
+    ]
     args = ["eval", "--model", str(tiny_dir), "--benchmarks", "mmstar", "--out", str(out)]
     result = runner.invoke(app, [*args, "--name", "tiny", "--set", "model.device=cpu", *common])
     assert result.exit_code == 0, result.output
@@ -68,7 +73,7 @@ def test_run_then_rescore_without_the_model(tiny_dir: Path, tmp_path: Path) -> N
     predictions = [json.loads(x) for x in (out / "mmstar" / "predictions.jsonl").open()]
     assert [p["id"] for p in predictions] == ["0", "1", "2"]
     results = json.loads((out / "results.json").read_text())
-    assert results["settings"]["name"] == "tiny" and results["settings"]["cfg_scale"] == 5.0
+    assert results["settings"]["name"] == "tiny" and results["settings"]["rollout.cfg_scale"] == 5.0
 
     # score again from the cache: no --model, and the checkpoint is gone
     moved = tiny_dir.with_name("moved")
@@ -86,7 +91,7 @@ def write_run(root: Path, name: str, mmstar: float, pope_f1: float, cfg: float) 
     root.mkdir(parents=True)
     results = {
         "format": 1,
-        "settings": {"name": name, "cfg_scale": cfg, "seed": 0},
+        "settings": {"name": name, "rollout.cfg_scale": cfg, "seed": 0},
         "benchmarks": {
             "mmstar": {
                 "benchmark": "MMStar",
@@ -113,7 +118,7 @@ def test_compare_prints_a_b_and_the_delta(tmp_path: Path) -> None:
     assert lines[0] == "| Benchmark | Metric | A: Janus-Pro-1B | B: PairUni-1B | B − A |"
     assert lines[2] == "| MMStar | MMStar | 46.1 | 46.4 | +0.3 |"
     assert lines[3] == "| POPE | POPE | 86.2 | 86.4 | +0.2 |"
-    assert "cfg_scale: 5.0 -> 3.0" in result.output  # settings that differ are listed
+    assert "rollout.cfg_scale: 5.0 -> 3.0" in result.output  # settings that differ are listed
 
     rich = runner.invoke(app, ["eval", "compare", str(a / "results.json"), str(b), "--all"])
     assert rich.exit_code == 0, rich.output
@@ -177,8 +182,8 @@ def test_a_sigkilled_run_resumes_to_the_files_of_an_uninterrupted_one(
     (tmp_path / "data" / "mmstar").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data" / "mmstar" / "mmstar.parquet")
     settings = [
-        f"eval.data_root={tmp_path / 'data'}", "eval.und_batch_size=1", "eval.max_new_tokens=16",
-        "eval.greedy_understanding=false", "model.device=cpu",
+        f"eval.data_root={tmp_path / 'data'}", "eval.und_batch_size=1",
+        "eval.rollout.max_new_tokens=16", "eval.greedy_understanding=false", "model.device=cpu",
     ]  # fmt: skip
     overrides = [arg for s in settings for arg in ("--set", s)]
 

@@ -17,6 +17,7 @@ from pairuni.eval.geneval import (
     box_iou,
     evaluate_images,
     judge_image,
+    keep_detections,
     load_geneval,
     relative_position,
     score_geneval,
@@ -118,6 +119,36 @@ def test_position_relative_to_an_earlier_clause() -> None:
     assert "no target for cat to be right of" in no_dog.reason
 
 
+def test_equal_scores_keep_the_later_listed_first() -> None:
+    # The official np.argsort(scores)[::-1]: scores (a .5, b .9, c .5, d .9) -> d, b, c, a.
+    dets = [det("cup", s, (20 * i, 0, 20 * i + 10, 10)) for i, s in enumerate((0.5, 0.9, 0.5, 0.9))]
+    kept = keep_detections(dets, "single_object", GenEvalRules())["cup"]
+    assert [d.box[0] for d in kept] == [60, 20, 40, 0]
+
+
+def test_tied_exact_detections_judge_the_later_listed_object() -> None:
+    # An exact detector (ShapesWorld) scores everything 1.0: the later car is the one checked.
+    p = prompt("colors", [{"class": "car", "count": 1, "color": "blue"}])
+    red, blue = det("car", 1.0, color="red"), det("car", 1.0, color="blue")
+    assert judge_image(p, [red, blue]).correct
+    verdict = judge_image(p, [blue, red])
+    assert not verdict.correct and "found 1 red" in verdict.reason
+    # Position: of two tied dogs the later one is the target, so the cat is right of it or not.
+    dog_left, dog_right, cat = (0, 0, 10, 10), (60, 0, 70, 10), (30, 0, 40, 10)
+    tied = [det("dog", 1.0, dog_right), det("dog", 1.0, dog_left), det("cat", 1.0, cat)]
+    assert judge_image(POSITION, tied).correct
+    tied[:2] = tied[1::-1]
+    assert "expected cat right of target, found left of" in judge_image(POSITION, tied).reason
+
+
+def test_max_objects_keeps_the_later_listed_of_tied_detections() -> None:
+    # 17 tied cups, at most 16 kept: the first-listed one is dropped, so it does not count.
+    p = prompt("colors", [{"class": "cup", "count": 16, "color": "red"}])
+    cups = [det("cup", 0.95, (20 * i, 0, 20 * i + 10, 10), "red") for i in range(16)]
+    assert judge_image(p, [det("cup", 0.95, color="green"), *cups]).correct
+    assert not judge_image(p, [*cups, det("cup", 0.95, color="green")]).correct
+
+
 def test_max_objects_and_nms() -> None:
     many = prompt("counting", [{"class": "cup", "count": 17}])
     cups = [det("cup", 0.95, (20 * i, 0, 20 * i + 10, 10)) for i in range(20)]
@@ -148,8 +179,18 @@ def test_score_per_task_and_overall() -> None:
     assert m["correct_images"] == pytest.approx(5 / 8)
     assert m["correct_prompts"] == pytest.approx(4 / 6)
     assert result.markdown_row("m") == "| m | 0.50 | 1.00 | 0.00 | 1.00 | 1.00 | 0.00 | 0.58 |"
-    partial = score_geneval([GenEvalJudgement("p", "colors", True)])
-    assert "overall" not in partial.metrics  # a partial overall is not comparable
+    assert result.details["missing_tasks"] == []
+
+
+def test_partial_run_overall_is_the_mean_of_the_tasks_present() -> None:
+    # summary_scores.py averages the tags its results file holds: colors 1/2, position 1.
+    verdicts = [("p0", "colors", True), ("p0", "colors", False), ("p1", "position", True)]
+    partial = score_geneval(GenEvalJudgement(p, t, c) for p, t, c in verdicts)
+    assert partial.metrics["overall"] == pytest.approx(0.75)  # not the mean over images, 2/3
+    missing = ["single_object", "two_object", "counting", "color_attr"]
+    assert partial.details["missing_tasks"] == missing
+    assert partial.markdown_row("m") == "| m | – | – | – | 0.50 | 1.00 | – | 0.75 |"
+    assert "overall" not in score_geneval([]).metrics
 
 
 METADATA = [

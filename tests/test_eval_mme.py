@@ -1,4 +1,5 @@
-"""MME: both loaders and the official acc / acc+ / perception total, computed by hand."""
+"""MME: both loaders, the official acc / acc+ / perception total, and RL-format replies, all
+computed by hand."""
 
 from __future__ import annotations
 
@@ -32,25 +33,27 @@ def write_official(root: Path) -> None:
         (qa / f"{name}.txt").write_text("Two dogs?\tYes\nThree dogs?\tNo\n", encoding="utf-8")
 
 
+PREDICTIONS = {
+    # existence: image 000 both right; image 001 one "other" (wrong) and one right.
+    "existence/000.jpg#0": "Yes",
+    "existence/000.jpg#1": "No, there is not.",
+    "existence/001.jpg#0": "There is a dog.",
+    "existence/001.jpg#1": "no",
+    # count: image 000 one right one wrong; image 001 "not sure" reads as no (wrong), right.
+    "count/000.png#0": "yes",
+    "count/000.png#1": "yes",
+    "count/001.png#0": "not sure",
+    "count/001.png#1": "No",
+}
+
+
 def test_official_folders_and_scores(tmp_path: Path) -> None:
     write_official(tmp_path)
     samples = list(load_mme(tmp_path))
     assert [s.id for s in samples][:2] == ["count/000.png#0", "count/000.png#1"]
     assert {s.subtask for s in samples} == {"existence", "count"}
     assert samples[0].answer == "yes" and samples[1].answer == "no"
-    predictions = {
-        # existence: image 000 both right; image 001 one "other" (wrong) and one right.
-        "existence/000.jpg#0": "Yes",
-        "existence/000.jpg#1": "No, there is not.",
-        "existence/001.jpg#0": "There is a dog.",
-        "existence/001.jpg#1": "no",
-        # count: image 000 one right one wrong; image 001 "not sure" reads as no (wrong), right.
-        "count/000.png#0": "yes",
-        "count/000.png#1": "yes",
-        "count/001.png#0": "not sure",
-        "count/001.png#1": "No",
-    }
-    result = score_mme(samples, predictions)
+    result = score_mme(samples, PREDICTIONS)
     m = result.metrics
     # existence: acc 3/4, acc+ 1/2 -> 100 * 1.25; count: acc 2/4, acc+ 0 -> 50.
     assert m["existence/acc"] == pytest.approx(0.75)
@@ -58,8 +61,47 @@ def test_official_folders_and_scores(tmp_path: Path) -> None:
     assert m["existence/score"] == pytest.approx(125.0)
     assert m["count/score"] == pytest.approx(50.0)
     assert result.details["other_answers"] == {"existence": 1, "count": 0}
+    assert m["unparsed"] == 1 and result.details["unparsed"] == ["existence/001.jpg#0"]
     assert "perception_total" not in m  # only 2 of the 10 perception subtasks
     assert result.markdown_row("m") == "| m | – |"
+
+
+def think(reasoning: str, answer: str) -> str:
+    return f"<think>{reasoning}</think><answer>{answer}</answer>"
+
+
+# Reasoning that would decide the verdict if the parser read the whole reply (it starts with
+# "no" before a yes answer and the other way round), and the paper's format around the answer.
+REASONING = {"yes": "no, wait, not sure... yes", "no": "yes? no, wait"}
+
+
+def test_rl_format_answers_score_exactly_as_plain_answers(tmp_path: Path) -> None:
+    write_official(tmp_path)
+    samples = list(load_mme(tmp_path))
+    plain = score_mme(samples, PREDICTIONS)
+    gold = {s.id: s.answer for s in samples}
+    wrapped = {k: think(REASONING[gold[k]], v) for k, v in PREDICTIONS.items()}
+    result = score_mme(samples, wrapped)
+    assert result.metrics == plain.metrics
+    assert result.details["other_answers"] == plain.details["other_answers"]
+    assert result.details["unparsed"] == plain.details["unparsed"]
+    # Read whole, every reply starts "<thi" and is `other` (the bug this fixes)...
+    assert score_mme(samples, wrapped, answer_span="off").metrics["unparsed"] == len(samples)
+    # ... and reasoning alone (no <think> tags) would decide the verdict.
+    for answer in ("yes", "no"):
+        assert parse_yes_no(REASONING[answer]) not in (answer, "other")
+
+
+def test_cut_off_replies_are_unparsed() -> None:
+    samples = [MMESample(f"color/img#{k}", "color", "color/img", "q", "yes", b"") for k in (0, 1)]
+    predictions = {
+        "color/img#0": "<think>The car looks red, so yes",  # cut off while thinking
+        "color/img#1": "<think>no, wait, not sure... yes</think><answer>Yes</answer>",
+    }
+    result = score_mme(samples, predictions)
+    assert result.metrics["color/acc"] == pytest.approx(0.5)
+    assert result.metrics["unparsed"] == 1
+    assert result.details["unparsed"] == ["color/img#0"]
 
 
 def test_parse_yes_no_official_rule() -> None:

@@ -1,4 +1,5 @@
-"""MMMU: the parquet loader and the official answer parsing, against hand-worked cases."""
+"""MMMU: the parquet loader, the prompts, and both scoring protocols (the official answer parsing
+and VLMEvalKit's option matching), against hand-worked cases."""
 
 from __future__ import annotations
 
@@ -22,9 +23,14 @@ from pairuni.eval.mmmu import (
     eval_open,
     extract_numbers,
     load_mmmu,
+    mmmu_splits,
+    mmmu_vlmevalkit_prompt,
     parse_multi_choice,
     parse_open,
     score_mmmu,
+    vlmevalkit_gold,
+    vlmevalkit_match,
+    vlmevalkit_options,
 )
 
 
@@ -51,14 +57,14 @@ def mmmu_row(sample_id: str, qtype: str, options: str, answer: str, images: int)
     return row
 
 
-def write_subject(root: Path, subject: str, rows: list[dict]) -> None:
+def write_subject(root: Path, subject: str, rows: list[dict], split: str = "validation") -> None:
     folder = root / subject
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     fields = [(k, pa.string()) for k in rows[0] if not k.startswith("image_")]
     fields += [(f"image_{k}", image_type) for k in range(1, 8)]
     table = pa.Table.from_pylist(rows, schema=pa.schema(fields))
-    pq.write_table(table, folder / "validation-00000-of-00001.parquet")
+    pq.write_table(table, folder / f"{split}-00000-of-00001.parquet")
 
 
 def test_loader_reads_subjects_options_answers_and_images(tmp_path: Path) -> None:
@@ -82,6 +88,10 @@ def test_loader_reads_subjects_options_answers_and_images(tmp_path: Path) -> Non
     assert len(mc.images) == 2 and open_image(mc.images[1]).getpixel((0, 0)) == (20, 0, 0)
     assert open_list.answer == ("24", "24.0")
     assert open_plain.answer == ("7",) and open_plain.images == ()
+    # The stored text is kept for VLMEvalKit, which matches open questions against it verbatim.
+    assert open_list.raw_answer == "['24', '24.0']" and open_plain.raw_answer == "7"
+    assert open_list.stored_answer() == "['24', '24.0']" and open_plain.stored_answer() == "7"
+    assert mc.split == "validation" and mc.stored_answer() == "B"
     assert "(A) cat\n(B) dog" in mc.prompt() and mc.prompt().endswith("directly.")
 
 
@@ -194,3 +204,216 @@ def test_score_is_instance_level_with_subject_and_domain_breakdown() -> None:
 def test_missing_predictions_are_listed() -> None:
     with pytest.raises(MissingPredictionsError, match=r"1 of 1 samples.*validation_Art_1"):
         score_mmmu([sample("validation_Art_1", "open", ("1",))], {})
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def test_official_prompt_is_the_llava15_template() -> None:
+    # MMMU-Benchmark/MMMU mmmu/configs/llava1.5.yaml (commit bb0b95a; unchanged since 78e9c75):
+    #   multi_choice_example_format: "{}\n\n{}\n\nAnswer with the option's letter ..."  (on
+    #   separate lines, YAML folds each blank line into one "\n": "{}\n{}\nAnswer ...") and
+    #   short_ans_example_format: "{}\nAnswer the question using a single word or phrase.";
+    # data_utils.construct_prompt fills the options as "(A) cat\n(B) dog\n".
+    mc = MMMUSample(
+        "validation_Art_1", "Art", "Q <image 1>?", ("cat", "dog"), "B", "multiple-choice", ()
+    )
+    assert mc.prompt() == (
+        "Q <image 1>?\n(A) cat\n(B) dog\n\nAnswer with the option's letter from the given choices "
+        "directly."
+    )
+    open_q = MMMUSample("validation_Art_2", "Art", "How many?", (), ("3",), "open", ())
+    assert open_q.prompt() == "How many?\nAnswer the question using a single word or phrase."
+
+
+def test_vlmevalkit_prompt_is_what_janus_gets() -> None:
+    # open-compass/VLMEvalKit vlmeval/vlm/janus.py, Janus.build_prompt (commit 79d54e2a): MCQ
+    # branch '\n' [+ 'Hint: {hint}\n'] + '{question}\n' + 'A. text\n' lines + '\n' + instruction,
+    # or, with no options, + 'Answer the question directly. '. The leading '\n' (after the image
+    # placeholders) is left to the chat formatting.
+    mc = MMMUSample("dev_Art_1", "Art", "Q <image 1>?", ("cat", "dog"), "B", "multiple-choice", ())
+    letter_line = "Answer with the option's letter from the given choices directly."
+    assert mmmu_vlmevalkit_prompt(mc) == f"Q <image 1>?\nA. cat\nB. dog\n\n{letter_line}"
+    assert (
+        mmmu_vlmevalkit_prompt(mc, hint="h")
+        == f"Hint: h\nQ <image 1>?\nA. cat\nB. dog\n\n{letter_line}"
+    )
+    open_q = MMMUSample("dev_Art_2", "Art", "How many?", (), ("3",), "open", ())
+    assert mmmu_vlmevalkit_prompt(open_q) == "How many?\nAnswer the question directly. "
+
+
+# --------------------------------------------------------------------------- RL-format replies
+
+MIXED = [
+    sample("validation_Art_1", "multiple-choice", "B"),
+    sample("validation_Art_2", "multiple-choice", "C"),
+    sample("validation_Math_1", "multiple-choice", "A"),
+    sample("validation_Math_2", "open", ("42",)),
+    sample("validation_Math_3", "open", ("7",)),
+    sample("validation_Math_4", "open", ("paris",)),
+]
+PLAIN = {
+    "validation_Art_1": "(B)",
+    "validation_Art_2": "C",
+    "validation_Math_1": "no idea",  # unparsable: the official rules draw a random letter
+    "validation_Math_2": "The answer is 42",
+    "validation_Math_3": "7",
+    "validation_Math_4": "Paris",
+}
+
+
+def rl_wrapped(answer: str) -> str:
+    # Reasoning that would mislead the parsers if they read it: a bracketed letter and a number.
+    return f"<think>Maybe (A)? So the result is 41.</think><answer>{answer}</answer>"
+
+
+@pytest.mark.parametrize("protocol", ["official", "vlmevalkit"])
+def test_rl_format_scores_exactly_as_the_plain_answer(protocol: str) -> None:
+    plain = score_mmmu(MIXED, PLAIN, protocol=protocol)
+    wrapped = score_mmmu(MIXED, {k: rl_wrapped(v) for k, v in PLAIN.items()}, protocol=protocol)
+    assert wrapped.metrics == plain.metrics
+    assert wrapped.details["samples"] == plain.details["samples"]
+    assert plain.metrics["acc"] > 0  # not vacuous: some answers are right
+
+
+def test_answer_span_off_reads_the_whole_reply() -> None:
+    reply = {"validation_Art_2": rl_wrapped("C")}
+    samples = [sample("validation_Art_2", "multiple-choice", "C")]
+    assert score_mmmu(samples, reply).details["samples"][0]["parsed"] == "C"
+    assert score_mmmu(samples, reply, answer_span="off").details["samples"][0]["parsed"] == "A"
+
+
+CUT_OFF = "<think>Let me look. The answer might be (B) because the result is 7 and"
+
+
+@pytest.mark.parametrize("protocol", ["official", "vlmevalkit"])
+def test_cut_off_think_reply_counts_as_unparsed(protocol: str) -> None:
+    samples = [
+        sample("validation_Art_1", "multiple-choice", "B"),
+        sample("validation_Math_3", "open", ("7",)),
+        sample("validation_Art_2", "multiple-choice", "C"),
+    ]
+    replies = {"validation_Art_1": CUT_OFF, "validation_Math_3": CUT_OFF, "validation_Art_2": "C"}
+    result = score_mmmu(samples, replies, protocol=protocol)
+    assert result.metrics["unparsed"] == 2
+    assert result.details["unparsed"] == ["validation_Art_1", "validation_Math_3"]
+    flags = {s["id"]: s["unparsed"] for s in result.details["samples"]}
+    assert flags == {"validation_Art_1": True, "validation_Art_2": False, "validation_Math_3": True}
+    assert result.metrics["subject/Math/acc"] == 0.0  # the "7" in the reasoning is not read
+
+
+def test_official_unparsed_is_decided_before_the_random_fallback() -> None:
+    samples = [
+        sample("validation_Art_1", "multiple-choice", "B"),
+        sample("validation_Art_2", "open", ("x",)),
+    ]
+    # Whatever letter the fallback draws (right or wrong), the reply named none; an open reply
+    # that names no key phrase is still compared whole, so only an empty one is unparsed.
+    result = score_mmmu(samples, {"validation_Art_1": "no idea", "validation_Art_2": "paris"})
+    assert [s["unparsed"] for s in result.details["samples"]] == [True, False]
+    result = score_mmmu(samples, {"validation_Art_1": "(B)", "validation_Art_2": " . "})
+    assert [s["unparsed"] for s in result.details["samples"]] == [False, True]
+
+
+# --------------------------------------------------------------------------- VLMEvalKit scoring
+
+OPTIONS = {"A": "green pear", "B": "red apple", "C": "blue car", "D": "yellow sun"}
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("B", "B"),
+        ("(B)", "B"),  # punctuation .()[],:;!*#{} becomes spaces
+        ("**C**.", "C"),
+        ("The answer is D", "D"),  # one option letter among the words
+        ("A red apple it is", "A"),  # no article rule in a default (non-VERBOSE) run
+        ("A or B", None),  # two letters and no single option text: no match
+        ("It is the red apple", "B"),  # no letter: exactly one option text
+        ("red apple or green pear", None),  # two option texts
+        ("Z", "Z"),  # a Z word with no option letter
+        ("Cannot determine the answer", "Z"),  # a known refusal
+        ("Failed to obtain answer via API: A, red apple", "B"),  # skips letters, reads text
+        ("b", None),  # letters are case-sensitive
+    ],
+)
+def test_vlmevalkit_matcher(reply: str, expected: str | None) -> None:
+    assert vlmevalkit_match(reply, dict(OPTIONS)) == expected
+
+
+def test_vlmevalkit_open_question_becomes_a_two_option_one() -> None:
+    # MMMU_preproc (vlmeval/dataset/utils/multiple_choice.py, commit 79d54e2a): A = the gold
+    # text, B = "Other Answers", gold letter A (VLMEvalKit issue #110 describes the quirk).
+    open_q = sample("validation_Math_1", "open", ("24",))
+    assert vlmevalkit_options(open_q) == {"A": "24", "B": "Other Answers"}
+    assert vlmevalkit_gold(open_q) == "A"
+    assert vlmevalkit_gold(sample("validation_Math_2", "multiple-choice", "C")) == "C"
+    single_letter = MMMUSample("validation_Math_3", "Math", "q", (), ("B",), "open", ())
+    assert vlmevalkit_gold(single_letter) == "B"  # a one-letter answer is kept as the letter
+    replies = {"24": True, "It is 24 dollars": True, "A": True, "B": False, "25": False}
+    for reply, correct in replies.items():
+        result = score_mmmu([open_q], {open_q.id: reply}, protocol="vlmevalkit")
+        assert result.metrics["acc"] == float(correct), reply
+    # A list-valued gold is matched as its stored text ("['24']"), which a reply rarely contains.
+    listed = MMMUSample("validation_Math_4", "Math", "q", (), ("24",), "open", (), "['24']")
+    assert score_mmmu([listed], {listed.id: "24"}, protocol="vlmevalkit").metrics["acc"] == 0.0
+    assert score_mmmu([listed], {listed.id: "24"}).metrics["acc"] == 1.0  # the official rules
+
+
+def test_vlmevalkit_has_no_random_fallback() -> None:
+    mc = [sample(f"validation_Art_{i}", "multiple-choice", "A") for i in range(20)]
+    replies = {s.id: "no idea" for s in mc}
+    result = score_mmmu(mc, replies, protocol="vlmevalkit")
+    assert result.metrics["acc"] == 0.0 and result.metrics["unparsed"] == 20
+    assert {s["parsed"] for s in result.details["samples"]} == {None}
+    assert score_mmmu(mc, replies).metrics["acc"] > 0  # the official fallback guesses some
+    # A refusal is read as Z, which is no option: wrong, and counted as unparsed.
+    refused = score_mmmu(mc[:1], {mc[0].id: "Z"}, protocol="vlmevalkit")
+    assert refused.details["samples"][0] == {
+        "id": mc[0].id,
+        "parsed": "Z",
+        "correct": False,
+        "unparsed": True,
+    }
+
+
+def test_vlmevalkit_headline_is_the_validation_split() -> None:
+    samples = [
+        sample("dev_Art_1", "multiple-choice", "B"),
+        sample("validation_Art_1", "multiple-choice", "B"),
+        sample("validation_Math_1", "multiple-choice", "C"),
+    ]
+    replies = {"dev_Art_1": "A", "validation_Art_1": "B", "validation_Math_1": "A"}
+    result = score_mmmu(samples, replies, protocol="vlmevalkit")
+    assert result.metrics["acc"] == pytest.approx(1 / 2)
+    assert result.metrics["split/dev/acc"] == 0.0
+    assert result.metrics["split/validation/acc"] == pytest.approx(1 / 2)
+    assert result.metrics["subject/Art/acc"] == 1.0  # the breakdown is over validation too
+    assert result.markdown_row("m") == "| m | 50.0 |"
+    # The official protocol is scored over every sample it is given.
+    assert score_mmmu(samples, replies).metrics["acc"] == pytest.approx(1 / 3)
+    # With no validation question (e.g. a --limit run), acc is over what there is.
+    dev_only = score_mmmu(samples[:1], replies, protocol="vlmevalkit")
+    assert dev_only.metrics["acc"] == 0.0
+
+
+def test_vlmevalkit_loads_dev_and_validation(tmp_path: Path) -> None:
+    assert mmmu_splits("official") == ("validation",)
+    assert mmmu_splits("vlmevalkit") == ("dev", "validation")
+    write_subject(tmp_path, "Art", [mmmu_row("validation_Art_1", "open", "[]", "7", 0)])
+    with pytest.raises(BenchmarkNotFoundError, match=r"<Subject>/dev-\*\.parquet"):
+        list(load_mmmu(tmp_path, split=mmmu_splits("vlmevalkit")))
+    write_subject(tmp_path, "Art", [mmmu_row("dev_Art_1", "open", "[]", "7", 0)], split="dev")
+    write_subject(tmp_path, "Math", [mmmu_row("dev_Math_1", "open", "[]", "7", 0)], split="dev")
+    ids = [s.id for s in load_mmmu(tmp_path, split=mmmu_splits("vlmevalkit"))]
+    assert ids == ["dev_Art_1", "dev_Math_1", "validation_Art_1"]
+    assert [s.id for s in load_mmmu(tmp_path)] == ["validation_Art_1"]
+
+
+def test_unknown_protocol_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"official, vlmevalkit.*'lmms'"):
+        score_mmmu(
+            [sample("validation_Art_1", "open", ("1",))], {"validation_Art_1": "1"}, protocol="lmms"
+        )  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"official, vlmevalkit"):
+        mmmu_splits("lmms")

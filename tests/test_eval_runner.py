@@ -21,20 +21,17 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
+from pairuni.eval.benchmarks import parse_benchmarks
 from pairuni.eval.config import EvalConfig
+from pairuni.eval.errors import EvalSetupError
+from pairuni.eval.generation import batch_seed
+from pairuni.eval.geneval import most_confident_first
 from pairuni.eval.layout import BenchmarkNotFoundError
 from pairuni.eval.mmstar import load_mmstar
-from pairuni.eval.runner import (
-    EvalSetupError,
-    batch_seed,
-    compare_markdown,
-    compare_results,
-    compose_images,
-    mmstar_question,
-    parse_benchmarks,
-    run_eval,
-)
+from pairuni.eval.prompts import compose_images, mmstar_question
+from pairuni.eval.runner import run_eval
 from pairuni.eval.shapes_adapter import ShapesDetector
+from pairuni.eval.tables import compare_markdown, compare_results
 from pairuni.shapes.render import draw_shape
 from pairuni.shapes.scene import BACKGROUND, COLORS
 
@@ -149,7 +146,7 @@ def eval_config(data_root: Path, **overrides: Any) -> EvalConfig:
         "und_batch_size": 2,
         "gen_batch_size": 2,
         "geneval_images_per_prompt": 2,
-        "max_new_tokens": 4,
+        "rollout": {"max_new_tokens": 4},
     }
     return EvalConfig(**{**settings, **overrides})
 
@@ -237,7 +234,9 @@ def test_scripted_run_scores_are_the_hand_computed_ones(data_root: Path, tmp_pat
     assert geneval["colors"] == 0.5 and geneval["counting"] == 1.0
     assert geneval["correct_images"] == pytest.approx(5 / 8)
     assert geneval["correct_prompts"] == pytest.approx(3 / 4)
-    assert "overall" not in geneval  # position and color_attr were not asked
+    # the official overall is the mean of the tasks present (position and color_attr were not
+    # asked), and results.md says it is partial
+    assert geneval["overall"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)
 
     # the prompts sent: VLMEvalKit's formats
     questions = [q for qs, _ in policy.text_calls for q in qs]
@@ -269,7 +268,8 @@ def test_scripted_run_scores_are_the_hand_computed_ones(data_root: Path, tmp_pat
     assert (
         "| Model | MMStar | MME(P) | POPE |\n|---|---|---|---|\n| m | 40.0 | – | 77.8 |" in markdown
     )
-    assert "| m | 1.00 | 0.00 | 1.00 | 0.50 | – | – | – |" in markdown
+    assert "| m | 1.00 | 0.00 | 1.00 | 0.50 | – | – | 0.62 |" in markdown
+    assert "Overall over 4 of 6 tasks (missing: position, color_attr)" in markdown
     assert "| CFG | `5.0` |" in markdown and "| Seed | `7` |" in markdown
     assert '| System prompt | `""` |' in markdown  # none, as VLMEvalKit runs Janus
 
@@ -288,7 +288,7 @@ def test_rescore_needs_no_model_and_reads_edited_outputs(
     def no_model(*args: object, **kwargs: object) -> None:
         raise AssertionError("--rescore must not load a model")
 
-    monkeypatch.setattr("pairuni.eval.runner.load_policy", no_model)
+    monkeypatch.setattr("pairuni.eval.generation.load_policy", no_model)
     monkeypatch.setattr("pairuni.policy.janus.JanusPolicy.load", no_model)
     # answer question 1 (gold C) right by hand; GenEval is re-detected from the saved PNGs
     predictions = out / "mmstar" / "predictions.jsonl"
@@ -323,7 +323,7 @@ def test_a_finished_run_loads_no_model_and_a_subset_is_flagged(
     cfg = eval_config(data_root, limit=2)
     out = tmp_path / "run"
     checkpoint = fake_checkpoint(tmp_path / "ckpt")
-    monkeypatch.setattr("pairuni.eval.runner.load_policy", lambda *a: ScriptedPolicy())
+    monkeypatch.setattr("pairuni.eval.generation.load_policy", lambda *a: ScriptedPolicy())
     run_eval(cfg, model_path=checkpoint, out_dir=out, benchmarks="mmstar,geneval")
     assert len((out / "mmstar" / "predictions.jsonl").read_text().splitlines()) == 2
     assert len((out / "geneval" / "predictions.jsonl").read_text().splitlines()) == 2
@@ -332,7 +332,7 @@ def test_a_finished_run_loads_no_model_and_a_subset_is_flagged(
     def no_model(*args: object) -> None:
         raise AssertionError("nothing is missing, so no model may be loaded")
 
-    monkeypatch.setattr("pairuni.eval.runner.load_policy", no_model)
+    monkeypatch.setattr("pairuni.eval.generation.load_policy", no_model)
     again = run_eval(cfg, model_path=checkpoint, out_dir=out, benchmarks="mmstar,geneval")
     assert again.batches == 0 and set(again.results["benchmarks"]) == {"mmstar", "geneval"}
 
@@ -376,7 +376,11 @@ def test_mmmu_questions_with_several_images_get_one_composed_image(tmp_path: Pat
                        benchmarks="mmmu", policy=policy)  # fmt: skip
     assert policy.sizes == [(10 + 20, 20), (10, 20)]  # side by side; a single image as it is
     question = policy.text_calls[0][0][0]
-    assert question.startswith("Compare <image 1> and <image 2>.\n\n(A) red\n(B) blue\n")
+    # the official llava1.5 template: no blank line between the question and the options
+    assert question == (
+        "Compare <image 1> and <image 2>.\n(A) red\n(B) blue\n\n"
+        "Answer with the option's letter from the given choices directly."
+    )
     assert outcome.results["benchmarks"]["mmmu"]["metrics"]["acc"] == 0.5  # "(B)": right, wrong
 
 
@@ -497,7 +501,7 @@ def run_files(root: Path) -> dict[str, bytes]:
 def test_tiny_janus_run_resumes_to_identical_files(
     data_root: Path, tiny_dir: Path, tmp_path: Path
 ) -> None:
-    from pairuni.eval.runner import load_policy
+    from pairuni.eval.generation import load_policy
     from pairuni.policy.config import ModelConfig
 
     # sampled answers (seeds matter); batches of 3 questions and of all 4 prompts
@@ -532,13 +536,13 @@ def test_tiny_janus_run_resumes_to_identical_files(
     md = (whole / "results.md").read_text()
     assert "## Understanding (paper Table 1)" in md and "## GenEval (paper Table 3)" in md
     manifest = json.loads((whole / "run.json").read_text())
-    assert manifest["model"] == str(tiny_dir.resolve()) and manifest["cfg_scale"] == 5.0
+    assert manifest["model"] == str(tiny_dir.resolve()) and manifest["rollout.cfg_scale"] == 5.0
 
 
 def test_tiny_janus_answers_are_the_policy_greedy_answers(
     data_root: Path, tiny_dir: Path, tmp_path: Path
 ) -> None:
-    from pairuni.eval.runner import load_policy
+    from pairuni.eval.generation import load_policy
     from pairuni.policy.config import ModelConfig
 
     cfg = eval_config(data_root)  # greedy understanding by default
@@ -579,10 +583,13 @@ def test_compose_images_side_by_side_at_the_tallest_height() -> None:
 def test_shapes_detector_boxes_are_inclusive_and_colours_pass_through() -> None:
     image = draw([("square", "red", (4, 8, 24, 28)), ("circle", "cyan", (36, 20, 56, 40))])
     found = ShapesDetector().detect(image, ["square", "circle", "cross"])
+    # listed smallest first, so that GenEval's official tie order (the later-listed of equal
+    # scores first) checks them largest first, as ShapesWorld's own scorer does
     assert [(d.label, d.color, d.score) for d in found] == [
-        ("square", "red", 1.0), ("circle", "cyan", 1.0)
+        ("circle", "cyan", 1.0), ("square", "red", 1.0)
     ]  # fmt: skip
-    assert found[0].box == (4.0, 8.0, 23.0, 27.0)  # the last pixel, not one past it
+    assert [d.label for d in most_confident_first(found)] == ["square", "circle"]
+    assert found[1].box == (4.0, 8.0, 23.0, 27.0)  # the last pixel, not one past it
     assert [d.label for d in ShapesDetector().detect(image, ["circle"])] == ["circle"]
 
 
@@ -617,3 +624,102 @@ def test_compare_shows_both_runs_and_the_delta() -> None:
     assert only_b[0].cells() == ["MMStar", "MMStar", "–", "40.0", "–"]
     everything = compare_results(a, b, all_metrics=True)
     assert everything[-1].cells() == ["POPE", "all/acc", "0.5000", "0.5000", "+0.0000"]
+
+
+# --------------------------------------------------------------------------- trained models
+
+
+def plain_answer(question: str) -> str:
+    """The scripted answers of the hand-computed run: B to MC questions, Yes to yes/no."""
+    return "B" if "A. " in question else "Yes"
+
+
+def rl_wrapped(question: str) -> str:
+    """The same answers in the format the trainer teaches, with reasoning that names the other
+    answers (a parser reading the whole reply would be misled)."""
+    return (
+        "<think>It is not A, and no, not C either; maybe yes, maybe no.</think>"
+        f"<answer>{plain_answer(question)}</answer>"
+    )
+
+
+def test_rl_format_replies_score_exactly_as_plain_ones(data_root: Path, tmp_path: Path) -> None:
+    """Every understanding benchmark of the runner, end to end: a trained model's replies."""
+    runs = {}
+    for name, answer in (("plain", plain_answer), ("rl", rl_wrapped)):
+        outcome = run_eval(
+            eval_config(data_root), model_path=None, out_dir=tmp_path / name,
+            benchmarks="mmstar,pope,mme", policy=ScriptedPolicy(answer),
+        )  # fmt: skip
+        runs[name] = outcome.results["benchmarks"]
+    for bench in ("mmstar", "pope", "mme"):
+        assert runs["rl"][bench]["metrics"] == runs["plain"][bench]["metrics"], bench
+        assert runs["rl"][bench]["metrics"]["unparsed"] == 0
+    # and read whole (the official scripts' way) the same replies score differently
+    whole = run_eval(
+        eval_config(data_root, answer_span="off"), model_path=None, out_dir=tmp_path / "off",
+        benchmarks="mmstar,pope,mme", policy=ScriptedPolicy(rl_wrapped),
+    ).results["benchmarks"]  # fmt: skip
+    assert any(whole[b]["metrics"] != runs["plain"][b]["metrics"] for b in whole)
+
+
+def test_rl_answer_format_asks_in_the_training_format(data_root: Path, tmp_path: Path) -> None:
+    from pairuni.policy.config import DEFAULT_UND_TEMPLATE
+
+    policy = ScriptedPolicy(rl_wrapped)
+    cfg = eval_config(data_root, answer_format="rl")
+    run_eval(cfg, model_path=None, out_dir=tmp_path / "run", benchmarks="mmstar,mme",
+             policy=policy)  # fmt: skip
+    questions = [q for qs, _ in policy.text_calls for q in qs]
+    # the benchmark instructions are gone: the training template (applied by the policy, from
+    # the rollout config the runner gives it) asks for <think>/<answer>
+    assert questions[0] == "What is shown?\nA. red\nB. blue\nC. green\nD. white"
+    assert not any("Answer" in q for q in questions)
+    from pairuni.eval.generation import rollout_config_for
+
+    assert rollout_config_for(cfg).und_prompt_template == DEFAULT_UND_TEMPLATE
+
+
+class SamplingPolicy(ScriptedPolicy):
+    """A scripted policy with a rollout config, as JanusPolicy has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from pairuni.policy.config import RolloutConfig
+
+        self.rollout_config = RolloutConfig(max_new_tokens=99)
+        self.seen: list[int] = []
+
+    def rollout_text(self, images, questions, num_samples=1, **kwargs):  # type: ignore[override]
+        self.seen.append(self.rollout_config.max_new_tokens)
+        return super().rollout_text(images, questions, num_samples, **kwargs)
+
+
+def test_a_handed_policy_samples_with_the_runs_settings(data_root: Path, tmp_path: Path) -> None:
+    policy = SamplingPolicy()
+    cfg = eval_config(data_root, protocol="vlmevalkit", rollout={})
+    run_eval(cfg, model_path=None, out_dir=tmp_path / "run", benchmarks="mmstar", policy=policy)
+    assert set(policy.seen) == {2048}  # VLMEvalKit's answer length, recorded in run.json
+    assert policy.rollout_config.max_new_tokens == 99  # given back afterwards
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest["rollout.max_new_tokens"] == 2048 and manifest["protocol"] == "vlmevalkit"
+
+
+def test_vlmevalkit_protocol_asks_mmmu_dev_and_validation_with_its_prompt(tmp_path: Path) -> None:
+    folder = tmp_path / "mmmu" / "Art"
+    folder.mkdir(parents=True)
+    for split, rows in (("dev", [mmmu_row("dev_Art_1", 1, "B")]),
+                        ("validation", [mmmu_row("validation_Art_1", 1, "A")])):  # fmt: skip
+        fields = [(k, pa.string()) for k in rows[0] if not k.startswith("image_")]
+        fields += [(f"image_{k}", IMAGE_TYPE) for k in range(1, 8)]
+        pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(fields)),
+                       folder / f"{split}-00000-of-00001.parquet")  # fmt: skip
+    policy = ScriptedPolicy(answer="B")
+    outcome = run_eval(eval_config(tmp_path, protocol="vlmevalkit"), model_path=None,
+                       out_dir=tmp_path / "run", benchmarks="mmmu", policy=policy)  # fmt: skip
+    questions = [q for qs, _ in policy.text_calls for q in qs]
+    assert len(questions) == 2  # dev + validation (MMMU_DEV_VAL)
+    assert "\nA. red\nB. blue\n" in questions[0]  # VLMEvalKit's option lines, not "(A) red"
+    metrics = outcome.results["benchmarks"]["mmmu"]["metrics"]
+    # "B": right on dev, wrong on validation; the MMMU column is the validation accuracy
+    assert metrics["split/dev/acc"] == 1.0 and metrics["acc"] == 0.0

@@ -60,8 +60,9 @@ def eval_run(
     if ctx.invoked_subcommand is not None:
         return
     from pairuni.data.errors import DataError
+    from pairuni.eval.errors import EvalSetupError
     from pairuni.eval.layout import BenchmarkDataError, MissingPredictionsError
-    from pairuni.eval.runner import EvalSetupError, run_eval
+    from pairuni.eval.runner import run_eval
     from pairuni.eval.wise import JudgeError
     from pairuni.policy.janus import CheckpointError, PromptTooLongError
 
@@ -107,8 +108,8 @@ def eval_compare(
     ] = False,
 ) -> None:
     """Two runs side by side: A, B and B − A for every table column (or every metric)."""
-    from pairuni.eval.runner import (
-        EvalSetupError,
+    from pairuni.eval.errors import EvalSetupError
+    from pairuni.eval.tables import (
         compare_markdown,
         compare_results,
         load_results,

@@ -3,17 +3,50 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pairuni.configbase import Section
+from pairuni.eval.answers import AnswerSpan
 from pairuni.eval.geneval import GenEvalRules
+from pairuni.eval.mmstar import MMStarMatching
 from pairuni.eval.wise import JudgeConfig
+from pairuni.policy.config import DEFAULT_UND_TEMPLATE, RolloutConfig
 
 BenchmarkName = Literal["mmmu", "mmstar", "mme", "pope", "geneval", "wise"]
 BENCHMARK_NAMES: tuple[str, ...] = ("mmmu", "mmstar", "mme", "pope", "geneval", "wise")
 """Every benchmark `pairuni eval` knows, in the paper's order."""
+
+
+class EvalRolloutConfig(RolloutConfig):
+    """The training `rollout` section's keys with evaluation defaults where they differ."""
+
+    max_new_tokens: int = Field(512, ge=1)
+    """Longest understanding answer, in tokens (a batch stops when every answer has ended).
+    The benchmark prompts ask for a letter or a short phrase; VLMEvalKit allows Janus 2048, the
+    default under `eval.protocol: vlmevalkit`."""
+
+    system_prompt: str | None = ""
+    """System prompt of understanding questions. `""` (VLMEvalKit's Janus setting) uses none;
+    `null` keeps the checkpoint processor's default (what training uses)."""
+
+    und_prompt_template: str = "{question}"
+    """The user turn: the benchmark prompt as it is (it already says how to answer). Under
+    `eval.answer_format: rl` the runner uses `eval.rl_prompt_template` instead."""
+
+
+Protocol = Literal["official", "vlmevalkit"]
+VLMEVALKIT_MAX_NEW_TOKENS = 2048
+"""VLMEvalKit's answer length for Janus (vlmeval/vlm/janus.py)."""
+
+MOVED_TO_ROLLOUT = (
+    "max_new_tokens",
+    "text_temperature",
+    "system_prompt",
+    "cfg_scale",
+    "image_temperature",
+)
 
 
 class EvalConfig(Section):
@@ -43,11 +76,19 @@ class EvalConfig(Section):
     """GenEval: the folder holding evaluation_metadata.jsonl. `null`: `<data_root>/geneval`."""
 
     wise_dir: Path | None = None
-    """WISE: the folder holding data/*.json. `null`: `<data_root>/wise`."""
+    """WISE: a clone of PKU-YuanGroup/WISE, or the folder holding the chosen set's JSON files
+    (`eval.wise_set`). `null`: `<data_root>/wise`."""
+
+    wise_set: Literal["original", "rewrite", "verified"] = "original"
+    """Which WISE prompts to load from `wise_dir`: `original` (the paper's and the GPT-4o
+    leaderboard's: WISE_legacy/data/<stem>.json, data/ before 2026-04-19), `rewrite` (the
+    simplified `<stem>_rewrite.json` beside them) or `verified` (WISE_Verified's
+    data_verified/<stem>_verified.json, judged here with the original three-score protocol,
+    so comparable with neither leaderboard). See docs/eval.md."""
 
     mmmu_seed: int = 42
     """Seed of the random letter given to multiple-choice answers that cannot be parsed
-    (the official MMMU script seeds 42)."""
+    (the official MMMU script seeds 42; `protocol: official` only, VLMEvalKit draws none)."""
 
     geneval: GenEvalRules = Field(default_factory=GenEvalRules)
     """Thresholds of the GenEval judge."""
@@ -92,24 +133,50 @@ class EvalConfig(Section):
 
     greedy_understanding: bool = True
     """Decode understanding answers greedily (VLMEvalKit's `do_sample=False`, the usual protocol
-    of Janus-Pro's MMMU, MMStar, MME and POPE numbers). `false` samples at `text_temperature`."""
+    of Janus-Pro's MMMU, MMStar, MME and POPE numbers). `false` samples at
+    `rollout.text_temperature`."""
 
-    max_new_tokens: int = Field(512, ge=1)
-    """Longest understanding answer, in tokens (a batch stops when every answer has ended). The
-    prompts ask for a letter or a short phrase; VLMEvalKit allows Janus 2048."""
+    rollout: EvalRolloutConfig = Field(default_factory=EvalRolloutConfig)
+    """How the policy samples during evaluation: the training `rollout` section's keys, with
+    evaluation defaults: at most 512 new tokens (VLMEvalKit allows Janus 2048), no system
+    prompt (VLMEvalKit's Janus setting; `null` keeps the checkpoint processor's default), the
+    question as the whole user turn (`und_prompt_template: "{question}"`: the benchmark prompt
+    already says how to answer), CFG 5 and temperature 1 for images (Janus-Pro and the paper).
+    Every key here is recorded in run.json and checked on resume."""
 
-    text_temperature: float = Field(1.0, gt=0.0)
-    """Temperature of understanding sampling, used only when `greedy_understanding` is false."""
+    answer_format: Literal["benchmark", "rl"] = "benchmark"
+    """What the understanding prompt asks for. `benchmark`: each benchmark's own instruction
+    (e.g. "Answer with the option's letter from the given choices directly."), as published
+    numbers use. `rl`: the question and its options under `rl_prompt_template`, the
+    `<think>…</think><answer>X</answer>` format pairuni trains (use it to evaluate a model in the
+    format it was trained to write)."""
 
-    system_prompt: str | None = ""
-    """System prompt of understanding questions. `""` (VLMEvalKit's Janus setting) uses none;
-    `null` keeps the checkpoint processor's default."""
+    rl_prompt_template: str = DEFAULT_UND_TEMPLATE
+    """The user turn under `answer_format: rl`: `{question}` is replaced by the question and its
+    options, one per line. The default is the training default (`rollout.und_prompt_template`);
+    if the run trained with another template, put that one here."""
 
-    cfg_scale: float = Field(5.0, ge=1.0)
-    """Classifier-free guidance weight of image generation (5, as Janus-Pro and the paper)."""
+    mmstar_matching: MMStarMatching = "vlmevalkit-v0.2"
+    """Which VLMEvalKit version's multiple-choice rules score MMStar: `vlmevalkit-v0.2` (tags
+    v0.2-v0.3rc1, what published numbers used), `vlmevalkit-2025-08` (PR #1175) or
+    `vlmevalkit-2026-06` (PR #1552, current main). See docs/eval.md. Scoring only: `--rescore`
+    can change it without the model."""
 
-    image_temperature: float = Field(1.0, gt=0.0)
-    """Temperature of image-token sampling (1, as Janus-Pro and the paper)."""
+    protocol: Protocol = "official"
+    """Which evaluation the understanding numbers reproduce (docs/eval.md, "Protocols").
+    `official`: each benchmark's official scoring script, MMMU's official prompt on its
+    validation split, POPE's headline the mean F1 of its three splits. `vlmevalkit`: VLMEvalKit
+    end to end, the harness behind the Janus-Pro and Lumina-DiMOO numbers people compare
+    against: MMMU as `MMMU_DEV_VAL` (dev + validation) asked and scored as multiple choice with
+    its prompt, POPE's headline the F1 pooled over all questions, at most 2048 new tokens
+    (unless `rollout.max_new_tokens` is set). MMStar, MME and POPE get VLMEvalKit's Janus prompts
+    in both. results.md names the protocol under each table."""
+
+    answer_span: AnswerSpan = "auto"
+    """How scorers read a reply. `auto`: a reply holding `<answer>…</answer>` is scored on that
+    span (the last one), a reasoning-only reply on what is outside its `<think>` blocks, a plain
+    reply as it is; `off`: the whole reply, as the official scripts do. Either way, replies with
+    no parsable answer are counted (metric `unparsed`)."""
 
     geneval_images_per_prompt: int = Field(4, ge=1)
     """Images generated per GenEval prompt (the official protocol: 4; scores average over all of
@@ -118,6 +185,24 @@ class EvalConfig(Section):
     limit: int | None = Field(None, ge=1)
     """Run only the first `limit` samples of each benchmark (a smoke test). Scores of a subset are
     not comparable with the paper's; results.md says so."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        moved = [k for k in MOVED_TO_ROLLOUT if isinstance(data, dict) and k in data]
+        if moved:
+            raise ValueError(
+                "; ".join(f"eval.{k} is now eval.rollout.{k}" for k in moved)
+                + " (the evaluation's sampling settings are a rollout section); move them there"
+            )
+        return data
+
+    @field_validator("rl_prompt_template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        if "{question}" not in value:
+            raise ValueError("rl_prompt_template has no `{question}` placeholder; add it")
+        return value
 
     @field_validator("benchmarks")
     @classmethod

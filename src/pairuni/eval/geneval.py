@@ -1,17 +1,19 @@
 """GenEval: the prompt metadata loader and the official per-image rules, from detections.
 
-The rules follow djghosh13/geneval `evaluation/evaluate_images.py`, and the summary
-`evaluation/summary_scores.py`:
+The rules follow djghosh13/geneval `evaluation/evaluate_images.py` (commit 16f1681), and the
+summary `evaluation/summary_scores.py` (commit d927da8):
 
 - Per class, detections above the confidence threshold (0.3; 0.9 for `counting` prompts) are
-  sorted by score, at most 16 are kept, and (when `max_overlap` < 1) greedy NMS drops boxes that
-  overlap a kept one by IoU >= max_overlap. By default nothing is dropped, as in the official run.
+  sorted by score, most confident first and, among equal scores, the later-listed first (the
+  official reversed argsort); at most 16 are kept, and (when `max_overlap` < 1) greedy NMS drops
+  boxes that overlap a kept one by IoU >= max_overlap. By default nothing is dropped, as in the
+  official run.
 - `include` clauses all must hold: the `count` most confident objects of the class exist; if a
   colour is required, at least `count` of them have that colour; if a position is required, each
   of them stands in that relation to every object matched by the clause it refers to.
 - `exclude` clauses: the image fails if the class has `count` or more detections.
 - A task's score is the fraction of its images judged correct; the overall score is the mean of
-  the six task scores.
+  the task scores present (all six in a full run; only those judged in a partial one).
 
 Departure: the official detector (Mask2Former, COCO's 80 classes) looks for every class at once
 and classifies colours with CLIP on masked crops; here the pluggable detector is asked for the
@@ -220,7 +222,7 @@ def keep_detections(
             by_class[det.label].append(det)
     kept: dict[str, list[Detection]] = {}
     for name, dets in by_class.items():
-        queue = sorted(dets, key=lambda d: d.score, reverse=True)[: rules.max_objects]
+        queue = most_confident_first(dets)[: rules.max_objects]
         chosen: list[Detection] = []
         while queue:
             best = queue.pop(0)
@@ -229,6 +231,19 @@ def keep_detections(
                 queue = [d for d in queue if box_iou(best.box, d.box) < rules.max_overlap]
         kept[name] = chosen
     return kept
+
+
+def most_confident_first(dets: list[Detection]) -> list[Detection]:
+    """Highest score first; among equal scores the later-listed first.
+
+    The official order is `np.argsort(scores)[::-1]` (evaluate_images.py, commit 16f1681).
+    numpy's default argsort keeps equal scores in their order on up to 16 elements (numpy 1.x
+    runs insertion sort there) and on all-equal arrays (numpy 2.4, tried up to 64), so the
+    reversal lists the last of them first. It decides which objects a clause checks when the
+    detector is exact (ShapesWorld: every score is 1.0). Beyond that numpy leaves the order of
+    equal scores unspecified (its SIMD sorts are not stable); this rule then stays the same.
+    Python's sort is stable, so sorting the reversed list descending gives exactly this order."""
+    return sorted(reversed(dets), key=lambda d: d.score, reverse=True)
 
 
 def object_colors(
@@ -311,8 +326,10 @@ def check_include(
 
 
 def score_geneval(judgements: Iterable[GenEvalJudgement]) -> BenchmarkResult:
-    """Per-task accuracy over images, the overall score (mean of the six tasks), and the shares
-    of correct images and of prompts with at least one correct image."""
+    """Per-task accuracy over images, the overall score (mean of the tasks present, as the
+    official summary_scores.py: all six in a full run), and the shares of correct images and of
+    prompts with at least one correct image. `details["missing_tasks"]` names absent tasks: an
+    overall over fewer than six is not comparable with published ones."""
     judgements = list(judgements)
     by_task: dict[str, list[bool]] = defaultdict(list)
     by_prompt: dict[str, list[bool]] = defaultdict(list)
@@ -320,8 +337,10 @@ def score_geneval(judgements: Iterable[GenEvalJudgement]) -> BenchmarkResult:
         by_task[j.tag].append(j.correct)
         by_prompt[j.prompt_id].append(j.correct)
     metrics: dict[str, float] = {t: sum(v) / len(v) for t, v in by_task.items()}
-    if all(t in by_task for t in TASKS):
-        metrics["overall"] = float(np.mean([metrics[t] for t in TASKS]))
+    present = [t for t in TASKS if t in by_task]
+    if present:
+        # summary_scores.py averages over the tags its results file holds (commit d927da8).
+        metrics["overall"] = float(np.mean([metrics[t] for t in present]))
     if judgements:
         metrics["correct_images"] = sum(j.correct for j in judgements) / len(judgements)
         metrics["correct_prompts"] = sum(any(v) for v in by_prompt.values()) / len(by_prompt)
@@ -330,7 +349,11 @@ def score_geneval(judgements: Iterable[GenEvalJudgement]) -> BenchmarkResult:
         "GenEval",
         metrics,
         [*columns, Column("Overall", "overall", digits=2)],
-        {"num_images": len(judgements), "num_prompts": len(by_prompt)},
+        {
+            "num_images": len(judgements),
+            "num_prompts": len(by_prompt),
+            "missing_tasks": [t for t in TASKS if t not in by_task],
+        },
     )
 
 

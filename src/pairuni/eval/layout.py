@@ -67,10 +67,11 @@ SOURCES: dict[str, BenchmarkSource] = {
     ),
     "wise": BenchmarkSource(
         "WISE",
-        "https://github.com/PKU-YuanGroup/WISE (data/*.json)",
-        "DIR/data/*.json or DIR/*.json (cultural_common_sense.json, "
-        "spatio-temporal_reasoning.json, natural_science.json): JSON lists of objects with "
-        "prompt_id, Prompt, Explanation, Subcategory",
+        "https://github.com/PKU-YuanGroup/WISE (a clone; eval.wise_set picks the prompt set)",
+        "a clone (WISE_legacy/data/, data/ or data_verified/) or the folder of one set's files "
+        "(cultural_common_sense.json, spatio-temporal_reasoning.json, natural_science.json, or "
+        "their _rewrite / _verified variants): JSON lists of objects with prompt_id, Prompt, "
+        "Explanation, Subcategory",
     ),
 }
 

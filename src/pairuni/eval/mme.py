@@ -1,11 +1,17 @@
 """MME: loaders for the official release folders and the lmms-lab/MME parquet, and the official
 scores (acc and acc+ per subtask, x100, summed into the perception and cognition totals).
 
-The rules follow the official `eval_tool/calculation.py`: an answer is `yes` or `no` if it is
-exactly that word (after lower-casing), else whichever of the two its first four characters
-contain (yes first), else `other`, which counts as wrong. acc is over questions, acc+ over
+The rules follow the official `eval_tool/calculation.py` (in tools/eval_tool.zip of
+BradyFU/Awesome-Multimodal-Large-Language-Models at commit 1c1d69e; read in the copy that
+zjunlp/Deco keeps at commit a3ccc15): an answer is `yes` or `no` if it is exactly that word
+(after lower-casing), else whichever of the two its first four characters contain (yes first),
+else `other`, which counts as wrong. acc is over questions, acc+ over
 images whose questions (two per image) are all right; a subtask scores 100 * (acc + acc+), and the
 perception total (the paper's MME(P)) sums the ten perception subtasks.
+
+An RL-format reply (`<think>…</think><answer>X</answer>`) is first reduced to its answer
+(`pairuni.eval.answers.answer_text`): the official rule reads only the first four characters, so
+it would read `<thi` and call every such reply `other`.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pairuni.eval.answers import AnswerSpan, answer_text
 from pairuni.eval.layout import (
     ImageRef,
     data_error,
@@ -161,17 +168,41 @@ def parse_yes_no(response: str) -> str:
     return "other"
 
 
-def score_mme(samples: Iterable[MMESample], predictions: Mapping[str, str]) -> BenchmarkResult:
-    """acc, acc+ and score per subtask, and the perception / cognition totals when every subtask
-    of that group is present (a partial total would not be comparable with published ones)."""
+def score_mme(
+    samples: Iterable[MMESample],
+    predictions: Mapping[str, str],
+    *,
+    answer_span: AnswerSpan = "auto",
+) -> BenchmarkResult:
+    """acc, acc+ and score per subtask, the perception / cognition totals when every subtask
+    of that group is present (a partial total would not be comparable with published ones), and
+    `unparsed`: the replies read as `other` (no yes / no) after `answer_span`, which count wrong."""
     samples = list(samples)
     responses = match_predictions([s.id for s in samples], predictions, "mme")
     per_image: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     others: dict[str, int] = defaultdict(int)
+    unparsed: list[str] = []
     for sample, response in zip(samples, responses, strict=True):
-        parsed = parse_yes_no(response)
+        parsed = parse_yes_no(answer_text(response, answer_span))
         others[sample.subtask] += parsed == "other"
+        if parsed == "other":
+            unparsed.append(sample.id)
         per_image[sample.subtask][sample.image_id].append(parsed == sample.answer)
+    metrics = subtask_metrics(per_image)
+    metrics["unparsed"] = len(unparsed)
+    details = {
+        "other_answers": dict(others),
+        "num_samples": len(samples),
+        "answer_span": answer_span,
+        "unparsed": unparsed,
+    }
+    return BenchmarkResult(
+        "MME", metrics, [Column("MME(P)", "perception_total", digits=1)], details
+    )
+
+
+def subtask_metrics(per_image: Mapping[str, Mapping[str, list[bool]]]) -> dict[str, float]:
+    """acc, acc+ and score per subtask (verdicts grouped by image), then the group totals."""
     metrics: dict[str, float] = {}
     for subtask, images in sorted(per_image.items()):
         answers = [c for results in images.values() for c in results]
@@ -183,9 +214,4 @@ def score_mme(samples: Iterable[MMESample], predictions: Mapping[str, str]) -> B
     for name, group in (("perception_total", PERCEPTION), ("cognition_total", COGNITION)):
         if all(task in per_image for task in group):
             metrics[name] = sum(metrics[f"{task}/score"] for task in group)
-    return BenchmarkResult(
-        "MME",
-        metrics,
-        [Column("MME(P)", "perception_total", digits=1)],
-        {"other_answers": dict(others), "num_samples": len(samples)},
-    )
+    return metrics

@@ -2,9 +2,10 @@
 
 ShapesWorld draws exact, flat-coloured shapes, so its detector reads every object with certainty:
 each becomes a `Detection` with the shape as its label, score 1 (above every GenEval threshold,
-counting's 0.9 included) and the colour it read. Detections keep the detector's order (largest
-first); GenEval's stable sort by score leaves it as it is, which is the order ShapesWorld's own
-GenEval-style scorer uses.
+counting's 0.9 included) and the colour it read. Among equal scores the official GenEval sort
+puts the later-listed detection first (a reversed ascending argsort), so the adapter lists them
+smallest first: GenEval then checks them largest first, the order ShapesWorld's own GenEval-style
+scorer uses.
 
 Boxes: the ShapesWorld detector reports (x0, y0, x1, y1) with x1, y1 exclusive (one past the last
 pixel). GenEval's box IoU uses the inclusive-pixel convention (width = x1 - x0 + 1), as the
@@ -40,9 +41,8 @@ class ShapesDetector:
         self.params = params or DetectorParams()
 
     def detect(self, image: Image.Image, class_names: Sequence[str]) -> list[Detection]:
-        """Every object whose shape is one of `class_names`, largest first."""
+        """Every object whose shape is one of `class_names`, smallest first (see above)."""
         wanted = set(class_names)
         pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        return [
-            to_detection(obj) for obj in detect_objects(pixels, self.params) if obj.shape in wanted
-        ]
+        found = [obj for obj in detect_objects(pixels, self.params) if obj.shape in wanted]
+        return [to_detection(obj) for obj in reversed(found)]
