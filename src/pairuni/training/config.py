@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from pairuni.configbase import Section
+from pairuni.eval.config import BenchmarkName
 
 Precision = Literal["auto", "fp32", "bf16"]
 MasterWeights = Literal["fp32", "bf16"]
@@ -155,11 +156,42 @@ class TrainConfig(Section):
     every decoder layer at every generated token (576 times per image): least memory, much more
     communication."""
 
+    eval_every: int = Field(0, ge=0)
+    """Every N steps (and before the first step, and at the last) evaluate the current policy on
+    `eval_benchmarks`
+    with `pairuni eval`'s runner, prompts and scorers (the `eval` section says where the data is
+    and how to sample), writing `out_dir/eval/step-{N}/` and logging `eval/{benchmark}/{metric}`
+    beside the rewards. A resumed run finishes an interrupted evaluation. 0 turns it off. Runs on
+    the main process; not with `sharding: fsdp` (evaluate its checkpoints with `pairuni eval`)."""
+
+    eval_benchmarks: list[BenchmarkName] = Field(default_factory=list)
+    """The benchmarks of `eval_every` (e.g. `[geneval, mme]`; with `eval.detector: shapes`,
+    GenEval scores ShapesWorld prompts exactly)."""
+
+    eval_limit: int | None = Field(64, ge=1)
+    """Samples per benchmark for `eval_every` (the first N in loader order, the same ones at
+    every evaluation, so the curves compare like with like); `null`: all of them."""
+
     save_every: int = Field(100, ge=1)
     """Write a checkpoint every this many steps (and always at the last step)."""
 
     save_total_limit: int | None = Field(3, ge=1)
     """Keep only the latest N checkpoints (`null`: keep all)."""
+
+    @model_validator(mode="after")
+    def _check_eval(self) -> TrainConfig:
+        if self.eval_every and not self.eval_benchmarks:
+            raise ValueError(
+                f"eval_every={self.eval_every} but eval_benchmarks is empty, so nothing would be "
+                "evaluated; list some (e.g. eval_benchmarks: [geneval]) or set eval_every: 0"
+            )
+        if self.eval_every and self.sharding == "fsdp":
+            raise ValueError(
+                "eval_every needs the whole model on the main process, which sharding: fsdp "
+                "splits; set eval_every: 0 and run `pairuni eval` on the checkpoints, or use "
+                "sharding: zero1"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_rollout_chunk(self) -> TrainConfig:

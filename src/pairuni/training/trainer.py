@@ -44,6 +44,7 @@ from pairuni.rewards.base import RewardSet
 from pairuni.rl.objective import TaskAdvantages, TaskBatch, pairgrpo_loss, task_advantages
 from pairuni.training import checkpoint as ckpt
 from pairuni.training.distributed import Collective
+from pairuni.training.evaluation import TrainingEval
 from pairuni.training.precision import CompensatedAdamW, autocast, compute_dtype
 from pairuni.training.sampler import PairSampler, StepBatch, filter_pairs, make_generator
 from pairuni.training.sharding import (
@@ -258,6 +259,7 @@ class PairGRPOTrainer:
         if self.resume_from is not None:
             self._load_checkpoint(self.resume_from)
         self.tracker: Tracker | None = None
+        self.evaluation = self._setup_evaluation()
 
     # ------------------------------------------------------------------ setup
 
@@ -356,6 +358,28 @@ class PairGRPOTrainer:
             raise TrainingSetupError(str(err)) from err
         return plan
 
+    def _setup_evaluation(self) -> TrainingEval:
+        """`train.eval_every`: check the benchmarks and judges now, not at step N."""
+        from pairuni.eval.errors import EvalSetupError
+        from pairuni.eval.layout import BenchmarkNotFoundError
+
+        evaluation = TrainingEval(self.config, self.out_dir)
+        if evaluation.enabled and self.dist.is_main:
+            try:
+                evaluation.check(str(self._device()))
+            except (BenchmarkNotFoundError, EvalSetupError, ValueError) as err:
+                raise TrainingSetupError(f"train.eval_benchmarks: {err}") from err
+        return evaluation
+
+    def _evaluate(self) -> None:
+        """Evaluate the current policy (main process; the others wait) and log the scores."""
+        if self.dist.is_main:
+            with self._autocast():
+                metrics = self.evaluation.run(self.step, self.policy, self.config.model)
+            if self.tracker is not None:
+                self.tracker.log(self.step, metrics)
+        self.dist.barrier()
+
     def _build_reference(self) -> Any:
         """pi_ref for the KL term (algo.beta > 0): with LoRA the policy itself with its adapters
         disabled; otherwise a frozen copy of the INITIAL checkpoint (model.path, also when
@@ -403,6 +427,8 @@ class PairGRPOTrainer:
 
         self._start_run()
         cfg, metrics = self.train_cfg, {}
+        if self.evaluation.due(self.step) and not self.evaluation.finished(self.step):
+            self._evaluate()  # a run killed while evaluating the step it resumes from
         bar = tqdm(
             total=cfg.max_steps,
             initial=self.step,
@@ -425,6 +451,8 @@ class PairGRPOTrainer:
             self._log(metrics, batch, rollouts, scores)
             if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
                 self._save()
+            if self.evaluation.due(self.step):
+                self._evaluate()
             bar.update(1)
             bar.set_postfix(loss=f"{metrics.get('loss', math.nan):.4f}")
         bar.close()
