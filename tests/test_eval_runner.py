@@ -270,6 +270,7 @@ def test_scripted_run_scores_are_the_hand_computed_ones(data_root: Path, tmp_pat
     )
     assert "| m | 1.00 | 0.00 | 1.00 | 0.50 | – | – | 0.62 |" in markdown
     assert "Overall over 4 of 6 tasks (missing: position, color_attr)" in markdown
+    assert "Protocol: `official`" in markdown  # which protocol made the understanding table
     assert "| CFG | `5.0` |" in markdown and "| Seed | `7` |" in markdown
     assert '| System prompt | `""` |' in markdown  # none, as VLMEvalKit runs Janus
 

@@ -140,6 +140,15 @@ def family_note(family: str, results: Mapping[str, Any]) -> list[str]:
         return lines
     if family == "wise":
         return wise_notes(results)
+    if family == "understanding":
+        protocol = settings.get("protocol", "official")
+        source = {
+            "official": "each benchmark's official scoring script; MMMU's official prompt on "
+            "its validation split; POPE = mean F1 of the splits",
+            "vlmevalkit": "VLMEvalKit's (MMMU_DEV_VAL as multiple choice; POPE = pooled F1), "
+            "as behind published Janus-Pro numbers",
+        }.get(protocol, protocol)
+        return [f"Protocol: `{protocol}`: {source} (docs/eval.md).", ""]
     return []
 
 
