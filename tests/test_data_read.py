@@ -280,3 +280,19 @@ def test_bad_json_cell_in_a_json_column(tmp_path: Path) -> None:
     assert "invalid JSON in a JSON-encoded column" in caught.value.reason
     result = read_records(tmp_path / "pairs.parquet", Pair, on_bad_record="skip")
     assert result[0].model_extra == {"scene": {"n": 1}}
+
+
+def test_a_missing_field_lists_what_the_record_has(tmp_path: Path) -> None:
+    rows = [{k: v for k, v in pair(0).items() if k != "gen_prompt"} | {"prompt": "p"}]
+    path = parquet_of(rows, tmp_path / "pairs.parquet")
+    with pytest.raises(DataError) as caught:
+        read_records(path, Pair)
+    message = str(caught.value)
+    assert message.startswith(f"{path}, row 0, field gen_prompt: required field is missing")
+    assert "the file's columns are: pair_id, kind, similarity, und_image," in message
+    assert message.endswith("und_answer, prompt")
+    lines = write_lines(tmp_path / "pairs.jsonl", [json.dumps(rows[0])])
+    with pytest.raises(
+        DataError, match=r"line 1, field gen_prompt: .*fields: kind, pair_id, prompt"
+    ):
+        read_records(lines, Pair)

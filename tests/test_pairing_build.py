@@ -13,8 +13,9 @@ from pairuni.cli import app
 from pairuni.data.errors import DataError
 from pairuni.data.io import read_records
 from pairuni.data.schema import Pair, Quadruple
+from pairuni.pairing.annotators import Outcome
 from pairuni.pairing.build import run_build
-from pairuni.pairing.complete import to_quadruple
+from pairuni.pairing.complete import complete_records, to_quadruple
 from pairuni.pairing.config import PairingConfig, SourcesConfig
 from pairuni.pairing.sources import load_samples
 
@@ -341,3 +342,111 @@ def test_pair_counts_by_hand():
     assert got["by_category"]["Math"] == {"aligned": 1, "retrieved": 1}
     assert got["by_category"]["(none)"] == {"aligned": 0, "retrieved": 1}
     assert got["retrieved_similarity"] == {"min": 0.6, "median": 0.7, "max": 0.9}
+
+
+# --------------------------------------------------------------------------- issue 13
+
+
+class EchoAnnotator:
+    """Completions that quote what they complete, so a stale one is visible."""
+
+    name = "echo"
+    version = "1"
+
+    def template_version(self, task: str) -> str:
+        return self.version
+
+    async def complete(self, task, record, image):
+        if task == "understanding":
+            return Outcome(fields={"prompt": f"caption: {record['question']}"})
+        fields = {"question": f"about: {record['prompt']}?", "options": ["x", "y"], "answer": "A"}
+        return Outcome(fields=fields)
+
+
+def _echo_complete(cfg, out, inputs=None) -> None:
+    for task in ("understanding", "generation"):
+        paths = getattr(cfg.sources, task) if inputs is None else inputs.get(task)
+        if paths:
+            records = load_samples(paths, task, cfg.sources).records
+            complete_records(records, task, out, EchoAnnotator(), cfg.complete, progress=False)
+
+
+def _edit(path, column, suffix=" (edited)") -> None:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        row[column] += suffix
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_edited_sources_are_not_paired_with_stale_completions(dataset):
+    cfg = _cfg(dataset)
+    cfg.complete.cache_dir = str(dataset / "ccache")
+    quads = dataset / "quads.jsonl"
+    _echo_complete(cfg, quads)
+    assert not run_build(cfg, str(dataset / "p1.jsonl"), [str(quads)]).needs_completion
+    _edit(dataset / "und.jsonl", "problem")
+    _edit(dataset / "gen.jsonl", "prompt")
+    stale = run_build(cfg, str(dataset / "p2.jsonl"), [str(quads)])
+    assert len(stale.needs_completion) == 3 and stale.stats["stale_completions"] == 3
+    # complete what build lists, into the same file, and build again: the new text is paired
+    todo = {
+        task: [str(dataset / f"p2.jsonl.needs-completion.{task}.jsonl")]
+        for task in ("understanding", "generation")
+        if (dataset / f"p2.jsonl.needs-completion.{task}.jsonl").exists()
+    }
+    _echo_complete(cfg, quads, todo)
+    done = run_build(cfg, str(dataset / "p3.jsonl"), [str(quads)])
+    aligned = [p for p in done.pairs if p.kind == "aligned"]
+    assert len(aligned) == 3 and not done.needs_completion
+    for p in aligned:
+        if p.origin == "understanding":
+            assert p.und_question.endswith("(edited)")
+            assert p.gen_prompt == f"caption: {p.und_question}"
+        else:
+            assert p.gen_prompt.endswith("(edited)")
+            assert p.und_question == f"about: {p.gen_prompt}?"
+        assert "source_sha256" not in (p.model_extra or {})
+
+
+def test_both_tasks_in_one_completion_file_with_colliding_ids(tmp_path):
+    """configs/pairs-paper.yaml's flow: both tasks complete into one quads.jsonl. With ids
+    shared by the two tasks, `complete generation` must not take understanding lines for its
+    own (it said "already done" and `build` asked for the same completions forever)."""
+    import yaml
+
+    from pairuni.shapes.build import write_dataset
+
+    und_path, gen_path = write_dataset(tmp_path / "shapes", 24, 24, seed=0, image_size=16)
+    for path in (und_path, gen_path):  # ids s0 .. s23 in both tasks
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for i, row in enumerate(rows):
+            row["id"] = f"s{i}"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {
+        "pairing": {
+            "sources": {"understanding": [str(und_path)], "generation": [str(gen_path)]},
+            "complete": {"backend": "oracle", "cache_dir": str(tmp_path / "ccache")},
+            "features": {"extractor": "pixels", "cache_dir": str(tmp_path / "fcache")},
+            "select": {"num_clusters": 6, "batch_size": 16},
+            "retrieve": {"threshold": 0.3},
+        }
+    }
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    pairs, quads = tmp_path / "p.jsonl", tmp_path / "quads.jsonl"
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, ["pairs", *args, "-c", str(config), "--no-progress"])
+
+    assert invoke("build", "--out", str(pairs)).exit_code == 2  # lists what needs completion
+    needs_g = tmp_path / "p.jsonl.needs-completion.generation.jsonl"
+    n_g = len(needs_g.read_text().splitlines())
+    assert n_g >= 1
+    res = invoke("complete", "understanding", "--out", str(quads))  # every id s0 .. s23
+    assert res.exit_code == 0 and "completed 24," in res.output, res.output
+    res = invoke("complete", "generation", "--input", str(needs_g), "--out", str(quads))
+    assert res.exit_code == 0 and f"completed {n_g}," in res.output, res.output
+    res = invoke("build", "--out", str(pairs), "--completions", str(quads))
+    assert res.exit_code == 0, res.output
+    assert sum(p.kind == "aligned" for p in read_records(pairs, Pair)) == 6

@@ -105,7 +105,9 @@ def load_config(
         apply_override(raw, key, value)
         set_keys.add(key)
     try:
-        return schema.model_validate(raw)
+        # config_dir: relative paths written in the file resolve from its folder (pairing section)
+        config_dir = Path(path).absolute().parent if path is not None else None
+        return schema.model_validate(raw, context={"config_dir": config_dir, "set_keys": set_keys})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, schema, source, set_keys)) from None
 

@@ -239,21 +239,37 @@ def _first_problem(
 
 
 def _file_problem(source: Path) -> str | None:
+    return read_image_file(source)[1]
+
+
+def read_image_file(source: Path) -> tuple[bytes | None, str | None]:
+    """(the file's bytes, None) when it exists and decodes fully as an image, else (None, why
+    not): missing, unreadable, or not an image. Readers use it to check an image once."""
     try:
         data = source.read_bytes()
     except FileNotFoundError:
-        return f"image file {source} does not exist"
+        return None, f"image file {source} does not exist"
+    except IsADirectoryError:
+        return None, f"image path {source} is a folder, not an image file"
     except OSError as err:
-        return f"cannot read image file {source}: {err.strerror or err}"
-    return _decode_problem(data, f"image file {source}")
+        return None, f"cannot read image file {source}: {err.strerror or err}"
+    problem = _decode_problem(data, f"image file {source}")
+    return (None, problem) if problem is not None else (data, None)
+
+
+def image_problem(data: bytes, what: str = "the embedded image") -> str | None:
+    """Why encoded image bytes do not decode (fully, not just the header), or None."""
+    return _decode_problem(data, what)
 
 
 def _decode_problem(data: bytes, what: str) -> str | None:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # decodes the pixels: a truncated file fails here, not at open()
+    except UnidentifiedImageError:
+        return f"{what} cannot be decoded as an image (not a known image format)"
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         return f"{what} cannot be decoded as an image ({err})"
     return None

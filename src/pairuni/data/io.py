@@ -10,6 +10,9 @@
             if sample.id not in out.done_ids:
                 out.append(solve(sample))
 
+`iter_source_rows` yields the raw rows of any dataset the pairing sources accept (also CSV, image
+folders with a metadata file and `save_to_disk` folders), with the same locations and errors.
+
 Writes are atomic (a temporary file, fsync'ed, then `os.replace`), so a killed job never leaves
 half a file; the appender fsyncs each line and drops a torn last line when reopened. The format
 is documented in docs/data-format.md.
@@ -209,9 +212,26 @@ def _validate(model: type[R], payload: dict[str, Any] | DataError, location: Loc
     try:
         return model.model_validate(payload)
     except ValidationError as err:
-        raise data_error_from_validation(
-            err, location.path, location.index, location.kind
-        ) from None
+        error = data_error_from_validation(err, location.path, location.index, location.kind)
+        if error.reason.startswith(MISSING):
+            columns = source_columns(location.path) if location.kind == "row" else None
+            present = (
+                f"the file's columns are: {', '.join(columns)}"
+                if columns is not None
+                else f"the record has the fields: {', '.join(sorted(payload)) or 'none'}"
+            )
+            raise DataError(
+                error.path,
+                error.index,
+                error.field,
+                f"{error.reason}; {present}",
+                index_kind=error.index_kind,
+            ) from None
+        raise error from None
+
+
+MISSING = "required field is missing"
+"""How `DataError.reason` starts for an absent required field."""
 
 
 def _raw_records(source: Path) -> Iterator[tuple[Location, dict[str, Any] | DataError]]:
@@ -307,6 +327,159 @@ def _decode_row(
             continue  # a null column value: the field is absent (its default applies)
         out[name] = value
     return out
+
+
+# --------------------------------------------------------------------------- dataset sources
+
+METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
+"""The metadata file of an image folder (HF `imagefolder` layout, `file_name` column)."""
+
+
+def iter_source_rows(
+    path: str | os.PathLike[str], *, split: str | None = None
+) -> Iterator[tuple[Location, dict[str, Any] | DataError]]:
+    """The raw rows of a dataset, before any schema: (where, the row as a dict, or the DataError
+    that stops it from being one, e.g. a line of invalid JSON).
+
+    Reads what `read_records` reads (`.jsonl`, `.jsonl.gz`, `.parquet`, a folder of parquet
+    shards, searched recursively when none is at the top) and also `.csv` files (1-based line of
+    the record's last line, header included; empty cells are absent), image folders with a
+    `metadata.jsonl` / `.csv` / `.parquet` file (`file_name` becomes `image`), and HF `datasets`
+    folders written by `save_to_disk`: a `Dataset`, or a `DatasetDict` (`dataset_dict.json`)
+    whose splits are read in order, or only `split` when given. Images are never decoded.
+    Whole-file problems raise `DataError` (or `FileNotFoundError`).
+    """
+    source = Path(path)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such file or folder")
+    if not source.is_dir():
+        if source.name.lower().endswith(".csv"):
+            yield from _csv_rows(source)
+        else:
+            yield from _raw_records(source)
+        return
+    for name in METADATA_FILES:
+        if (source / name).is_file():
+            for location, row in iter_source_rows(source / name):
+                if isinstance(row, dict) and "file_name" in row and "image" not in row:
+                    row["image"] = row.pop("file_name")
+                yield location, row
+            return
+    if (source / "dataset_dict.json").is_file():
+        yield from _dataset_dict_rows(source, split)
+    elif (source / "dataset_info.json").is_file() or (source / "state.json").is_file():
+        yield from _dataset_rows(source)
+    else:
+        shards = sorted(p for p in source.iterdir() if p.suffix == ".parquet" and p.is_file())
+        shards = shards or sorted(p for p in source.rglob("*.parquet") if p.is_file())
+        if not shards:
+            raise DataError(
+                source,
+                None,
+                None,
+                "not a dataset folder: no metadata.jsonl / .csv / .parquet file, no "
+                "`save_to_disk` dataset (dataset_info.json or dataset_dict.json) and no "
+                ".parquet shards in it",
+            )
+        for shard in shards:
+            yield from _parquet_rows(shard)
+
+
+def source_base_dir(path: str | os.PathLike[str]) -> Path:
+    """The folder relative image paths of a dataset resolve from: the file's folder, or the
+    folder itself (absolute)."""
+    source = Path(path)
+    return Path(os.path.abspath(source if source.is_dir() else source.parent))
+
+
+def source_columns(path: Path) -> list[str] | None:
+    """The column names of a parquet file or a `save_to_disk` split folder (None for formats
+    whose rows carry their own keys, such as JSONL)."""
+    try:
+        if path.is_file() and path.name.lower().endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        info = path / "dataset_info.json"
+        if info.is_file():
+            features = json.loads(info.read_text(encoding="utf-8")).get("features") or {}
+            return list(features)
+    except (OSError, ValueError, ImportError):
+        return None
+    return None
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[Location, dict[str, Any] | DataError]]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        try:
+            for row in reader:
+                location = Location(path, reader.line_num, "line")
+                if None in row:  # more cells than the header has columns
+                    extra = row.pop(None)  # type: ignore[call-overload]
+                    reason = f"{len(row) + len(extra)} cells, the header has {len(row)} columns"
+                    yield location, DataError(path, reader.line_num, None, reason)
+                    continue
+                yield location, {k: v for k, v in row.items() if v not in (None, "")}
+        except UnicodeDecodeError as err:
+            raise DataError(
+                path, reader.line_num + 1, None, f"not valid UTF-8 text ({err.reason})"
+            ) from None
+        except csv.Error as err:
+            raise DataError(path, reader.line_num, None, f"not valid CSV ({err})") from None
+
+
+def _dataset_dict_rows(
+    folder: Path, split: str | None
+) -> Iterator[tuple[Location, dict[str, Any] | DataError]]:
+    try:
+        splits = list(json.loads((folder / "dataset_dict.json").read_text())["splits"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(folder, None, None, f"unreadable dataset_dict.json ({err})") from None
+    if split is not None:
+        if split not in splits:
+            raise DataError(
+                folder,
+                None,
+                None,
+                f"no split {split!r} in this DatasetDict; its splits are "
+                f"{', '.join(sorted(splits))} (pairing.sources.split, or null for every split)",
+            )
+        splits = [split]
+    for name in splits:
+        yield from _dataset_rows(folder / name)
+
+
+def _dataset_rows(folder: Path) -> Iterator[tuple[Location, dict[str, Any] | DataError]]:
+    """The rows of a `save_to_disk` Dataset, as stored (images as {bytes, path}, not decoded);
+    ClassLabel columns as their names."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(folder))
+    except (OSError, ValueError) as err:
+        raise DataError(
+            folder, None, None, f"not a readable `save_to_disk` dataset ({err})"
+        ) from None
+    if isinstance(ds, datasets.DatasetDict):  # a split folder that is itself a DatasetDict
+        yield from _dataset_dict_rows(folder, None)
+        return
+    labels = {
+        name: feature.names
+        for name, feature in ds.features.items()
+        if isinstance(feature, datasets.ClassLabel)
+    }
+    row = 0
+    for batch in ds.with_format("arrow").iter(batch_size=PARQUET_ROWS_PER_GROUP):
+        for values in batch.to_pylist():
+            for name, names in labels.items():
+                value = values.get(name)
+                if isinstance(value, int) and 0 <= value < len(names):
+                    values[name] = names[value]
+            yield Location(folder, row, "row"), {k: v for k, v in values.items() if v is not None}
+            row += 1
 
 
 # --------------------------------------------------------------------------- writing

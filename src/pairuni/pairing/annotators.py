@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
+import hashlib
 import json
 import logging
 import os
 import random
 import re
 import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -98,13 +102,23 @@ class Outcome:
     requests: int = 0
     transient: bool = False
     """Dropped because the service kept failing (not cached: a re-run tries again)."""
+    refused: bool = False
+    """The API refused the request (HTTP 400 / 413 / 422): logged as dropped under the current
+    settings only, never cached, so changed settings try the record again."""
+    status: str = ""
+    """For a service failure or a refusal: the last HTTP status (or `timeout`, `connection`)."""
 
 
 class Annotator(Protocol):
     name: str
-    """Part of the cache key: the model that produced a completion."""
+    """The model that produces completions."""
     version: str
-    """Part of the cache key: the template version (or annotator version)."""
+    """The template version (or annotator version)."""
+
+    def settings(self, task: Task) -> dict[str, Any]:
+        """Everything besides the record that shapes a completion (model, endpoint, template,
+        sampling settings): the cache key. Optional: without it, the name and version."""
+        ...
 
     async def complete(self, task: Task, record: dict[str, Any], image: bytes | None) -> Outcome:
         """Complete one record of the source `task`."""
@@ -192,27 +206,96 @@ class ChatReply:
 
 class ChatBackend(Protocol):
     model_name: str
+    stats: RequestStats
+    endpoint: str
+    """Where requests go, for messages (a URL, or the local model's folder)."""
+    before_send: Callable[[], Awaitable[None]] | None
+    """Awaited before every request is sent (the completion job records it durably first)."""
 
     async def chat(self, messages: list[dict[str, Any]]) -> ChatReply: ...
 
 
+@dataclass
+class RequestStats:
+    """Every request a backend sent, including retries, and how each ended."""
+
+    sent: int = 0
+    retried: int = 0
+    """Requests that repeat an earlier one that failed (429, 5xx, timeout, connection)."""
+    succeeded: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    """By HTTP status (`400`, `429`, `503`, ...) or `timeout` / `connection`."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def copy(self) -> RequestStats:
+        return RequestStats(
+            self.sent,
+            self.retried,
+            self.succeeded,
+            Counter(self.failed),
+            self.prompt_tokens,
+            self.completion_tokens,
+        )
+
+    def since(self, start: RequestStats) -> RequestStats:
+        """What was added after `start` (a `copy()` taken earlier)."""
+        failed = Counter(self.failed)
+        failed.subtract(start.failed)
+        return RequestStats(
+            self.sent - start.sent,
+            self.retried - start.retried,
+            self.succeeded - start.succeeded,
+            +failed,
+            self.prompt_tokens - start.prompt_tokens,
+            self.completion_tokens - start.completion_tokens,
+        )
+
+
 class ServiceUnavailable(RuntimeError):
-    """The API kept failing (429 / 5xx / timeouts) after every retry."""
+    """The API kept failing (429 / 5xx / timeouts / connection errors) after every retry."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RequestRefused(RuntimeError):
-    """The API refused this record's request (HTTP 400 / 413 / 422, e.g. a rejected image)."""
+    """The API refused this record's request (HTTP 400 / 413 / 422, e.g. a rejected image or a
+    setting the model does not accept)."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SetupError(RuntimeError):
+    """A reply that no retry and no other record can change (HTTP 401, 403, 404, ...): the key,
+    the URL or the model is wrong. It stops the whole job."""
+
+    def __init__(self, status: int, detail: str, endpoint: str) -> None:
+        super().__init__(f"HTTP {status} from {endpoint}: {detail}")
+        self.status = status
+        self.detail = detail
+        self.endpoint = endpoint
 
 
 @dataclass
 class RateLimiter:
-    """At most `per_minute` request starts per minute (evenly spaced)."""
+    """At most `per_minute` request starts per minute (evenly spaced); `hold(s)` pauses every
+    request start for `s` seconds (a server's Retry-After)."""
 
     per_minute: float | None
     _next: float = 0.0
+    _hold_until: float = 0.0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def hold(self, seconds: float) -> None:
+        self._hold_until = max(self._hold_until, time.monotonic() + seconds)
+
     async def wait(self) -> None:
+        while (pause := self._hold_until - time.monotonic()) > 0:
+            await asyncio.sleep(pause)
         if not self.per_minute:
             return
         async with self._lock:
@@ -223,15 +306,58 @@ class RateLimiter:
             await asyncio.sleep(delay)
 
 
+RETRIED_STATUSES = frozenset({408, 409, 429})
+"""Client errors worth retrying (besides every 5xx): timeout, conflict, rate limit."""
+REFUSED_STATUSES = frozenset({400, 413, 422})
+"""This record's request is refused: retrying the same request cannot help."""
+MAX_RETRY_AFTER_S = 600.0
+"""The longest Retry-After honoured; a server asking for more (a spent daily quota) fails the
+request at once, with the wait in the reason."""
+
+
+def retry_after_s(headers: Any) -> float | None:
+    """The wait a reply asks for: `retry-after-ms`, or `retry-after` in seconds or as an HTTP
+    date; None when absent or unreadable."""
+    if headers is None:
+        return None
+    try:
+        value = headers.get("retry-after-ms")
+        if value is not None:
+            return max(0.0, float(value) / 1000.0)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _error_detail(err: Any) -> str:
+    """The server's own error message (`{"error": {"message": ...}}`) or the exception text."""
+    body = getattr(err, "body", None)
+    if isinstance(body, dict):
+        message = body.get("message") or (body.get("error") or {}).get("message")
+        if isinstance(message, str) and message.strip():
+            return " ".join(message.split())[:300]
+    return _short(err)
+
+
 class OpenAIChat:
     """Any OpenAI-compatible chat-completions API (OpenAI, vLLM, SGLang) via `openai`.
 
-    Retries 429, 5xx, timeouts and connection errors with exponential backoff and full jitter:
-    the n-th retry waits uniform(0, min(backoff_max_s, backoff_initial_s * 2^n)).
+    Retries 429, 408, 409, 5xx, timeouts and connection errors with exponential backoff and full
+    jitter: the n-th retry waits uniform(0, min(backoff_max_s, backoff_initial_s * 2^n)), or the
+    server's Retry-After when it asks for longer (every request then pauses that long); a
+    Retry-After above `MAX_RETRY_AFTER_S` gives up at once. 400 / 413 / 422 refuse the record;
+    401, 403, 404 and other client errors raise `SetupError`. Every request sent is counted in
+    `stats`.
     """
 
     def __init__(self, cfg: CompleteConfig) -> None:
-        import openai
 
         key = os.environ.get(cfg.api_key_env)
         if key is None and cfg.base_url is None:
@@ -241,14 +367,32 @@ class OpenAIChat:
             )
         self.cfg = cfg
         self.model_name = cfg.model
-        self.client = openai.AsyncOpenAI(
-            base_url=cfg.base_url,
-            api_key=key or "unused",  # local servers accept any key
-            timeout=cfg.timeout_s,
+        self._key = key or "unused"  # local servers accept any key
+        self.client = self._new_client()
+        self.endpoint = str(self.client.base_url).rstrip("/")
+        self.limiter = RateLimiter(cfg.requests_per_minute)
+        self.stats = RequestStats()
+        self.before_send: Callable[[], Awaitable[None]] | None = None
+
+    def _new_client(self) -> Any:
+        import openai
+
+        return openai.AsyncOpenAI(
+            base_url=self.cfg.base_url,
+            api_key=self._key,
+            timeout=self.cfg.timeout_s,
             max_retries=0,  # retries are ours, with jitter and a visible count
         )
-        self.limiter = RateLimiter(cfg.requests_per_minute)
-        self.retries = 0
+
+    async def aclose(self) -> None:
+        """Close the connections (they belong to the running event loop); the next request,
+        in this loop or another, opens new ones."""
+        client, self.client = self.client, self._new_client()
+        await client.close()
+
+    @property
+    def retries(self) -> int:
+        return self.stats.retried
 
     async def chat(self, messages: list[dict[str, Any]]) -> ChatReply:
         import openai
@@ -260,32 +404,54 @@ class OpenAIChat:
             kwargs["temperature"] = self.cfg.temperature
         for attempt in range(self.cfg.max_retries + 1):
             await self.limiter.wait()
+            if self.before_send is not None:
+                await self.before_send()
+            self.stats.sent += 1
+            if attempt:
+                self.stats.retried += 1
+            wait: float | None = None
             try:
                 response = await self.client.chat.completions.create(**kwargs)
-            except (
-                openai.APITimeoutError,
-                openai.APIConnectionError,
-                openai.RateLimitError,
-            ) as err:
-                problem = f"{type(err).__name__}"
+            except openai.APITimeoutError:
+                status, problem = "timeout", "timed out"
+            except openai.APIConnectionError as err:
+                cause = err.__cause__ or err.__context__
+                status, problem = "connection", f"connection error ({_short(cause or err)})"
             except openai.APIStatusError as err:
-                if err.status_code in (400, 413, 422):  # this record's request is refused
-                    raise RequestRefused(f"HTTP {err.status_code}: {_short(err)}") from None
-                if err.status_code < 500:
-                    raise  # 401 / 403 / 404...: a setup problem that stops the whole job
-                problem = f"HTTP {err.status_code}"
+                status = str(err.status_code)
+                final = err.status_code < 500 and err.status_code not in RETRIED_STATUSES
+                if final:
+                    self.stats.failed[status] += 1
+                if err.status_code in REFUSED_STATUSES:
+                    raise RequestRefused(f"HTTP {status}: {_error_detail(err)}", status) from None
+                if final:
+                    raise SetupError(err.status_code, _error_detail(err), self.endpoint) from None
+                problem = f"HTTP {status} ({_error_detail(err)})"
+                wait = retry_after_s(getattr(err.response, "headers", None))
             else:
                 usage = response.usage
-                return ChatReply(
+                self.stats.succeeded += 1
+                reply = ChatReply(
                     text=response.choices[0].message.content or "",
-                    prompt_tokens=usage.prompt_tokens if usage else 0,
-                    completion_tokens=usage.completion_tokens if usage else 0,
+                    prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
+                    completion_tokens=(usage.completion_tokens or 0) if usage else 0,
                 )
+                self.stats.prompt_tokens += reply.prompt_tokens
+                self.stats.completion_tokens += reply.completion_tokens
+                return reply
+            self.stats.failed[status] += 1
             if attempt == self.cfg.max_retries:
-                raise ServiceUnavailable(f"{problem} after {attempt + 1} tries")
-            self.retries += 1
+                raise ServiceUnavailable(f"{problem} after {attempt + 1} tries", status)
+            if wait is not None and wait > MAX_RETRY_AFTER_S:
+                raise ServiceUnavailable(
+                    f"{problem}; the server asks to wait {wait:.0f} s (Retry-After)", status
+                )
             cap = min(self.cfg.backoff_max_s, self.cfg.backoff_initial_s * 2**attempt)
-            await asyncio.sleep(random.uniform(0, cap))
+            delay = random.uniform(0, cap)
+            if wait is not None:
+                self.limiter.hold(wait)  # the server's wait applies to every request
+                delay = max(delay, wait)
+            await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
 
@@ -301,6 +467,9 @@ class LocalChat:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.model_name = f"local:{Path(cfg.local_model_dir).name}"
+        self.endpoint = str(Path(cfg.local_model_dir).resolve())
+        self.stats = RequestStats()
+        self.before_send: Callable[[], Awaitable[None]] | None = None
         self.processor = AutoProcessor.from_pretrained(cfg.local_model_dir)
         self.model = AutoModelForImageTextToText.from_pretrained(cfg.local_model_dir).eval()
         self.max_new_tokens = cfg.max_tokens or 512
@@ -308,7 +477,14 @@ class LocalChat:
 
     async def chat(self, messages: list[dict[str, Any]]) -> ChatReply:
         async with self._lock:  # one generate at a time: the model is not re-entrant
-            return await asyncio.to_thread(self._generate, messages)
+            if self.before_send is not None:
+                await self.before_send()
+            self.stats.sent += 1
+            reply = await asyncio.to_thread(self._generate, messages)
+        self.stats.succeeded += 1
+        self.stats.prompt_tokens += reply.prompt_tokens
+        self.stats.completion_tokens += reply.completion_tokens
+        return reply
 
     def _generate(self, messages: list[dict[str, Any]]) -> ChatReply:
         import torch
@@ -358,6 +534,40 @@ class LLMAnnotator:
     def template_version(self, task: Task) -> str:
         return self.templates[task].version
 
+    @property
+    def stats(self) -> RequestStats:
+        return self.backend.stats
+
+    @property
+    def endpoint(self) -> str:
+        return self.backend.endpoint
+
+    def attach(self, before_send: Callable[[], Awaitable[None]] | None) -> None:
+        """Have `before_send` awaited before every request (None detaches it)."""
+        self.backend.before_send = before_send
+
+    async def aclose(self) -> None:
+        """Release the backend's connections (called at the end of each completion job)."""
+        aclose = getattr(self.backend, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    def settings(self, task: Task) -> dict[str, Any]:
+        """Everything besides the record that shapes a completion: part of the cache key."""
+        template = self.templates[task]
+        text = "\0".join((template.system, template.generate, template.verify))
+        return {
+            "annotator": "llm",
+            "model": self.backend.model_name,
+            "endpoint": self.backend.endpoint,
+            "template_version": template.version,
+            "template_sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "verify": self.cfg.verify,
+            "send_image": self.cfg.send_image,
+            "temperature": self.cfg.temperature,
+            "max_tokens": self.cfg.max_tokens,
+        }
+
     async def complete(self, task: Task, record: dict[str, Any], image: bytes | None) -> Outcome:
         template = self.templates[task]
         outcome = Outcome(fields=None)
@@ -368,9 +578,11 @@ class LLMAnnotator:
                     await self._verify(template, record, fields, image, outcome)
             except ServiceUnavailable as err:
                 outcome.reason, outcome.transient = f"service unavailable: {err}", True
+                outcome.status = err.status
                 return outcome
             except RequestRefused as err:
-                outcome.reason = f"request refused: {err}"
+                outcome.reason, outcome.refused = f"request refused: {err}", True
+                outcome.status = err.status
                 return outcome
             except _Rejected as err:
                 outcome.reason = f"attempt {attempt}: {err}"
@@ -446,9 +658,14 @@ class OracleAdapter:
         self.oracle = OracleAnnotator(seed=seed)
         self.name = "shapes-oracle"
         self.version = "oracle-2"
+        self.stats = RequestStats()  # no requests
+        self.endpoint = "the ShapesWorld oracle"
 
     def template_version(self, task: Task) -> str:
         return self.version
+
+    def settings(self, task: Task) -> dict[str, Any]:
+        return {"annotator": self.name, "version": self.version}
 
     async def complete(self, task: Task, record: dict[str, Any], image: bytes | None) -> Outcome:
         try:

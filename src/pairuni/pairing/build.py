@@ -52,9 +52,13 @@ def carried_columns(generation: Any, understanding: Any | None = None) -> dict[s
 
 def aligned_pair(quad: Quadruple) -> Pair:
     """A completed quadruple as a self-referential pair: same image on both sides. The
-    quadruple's extra columns (e.g. its scene, GenEval metadata) are kept."""
+    quadruple's extra columns (e.g. its scene, GenEval metadata) are kept, but not the
+    completion job's bookkeeping (`source_sha256`)."""
+    from pairuni.pairing.complete import BOOKKEEPING_FIELDS
+
+    extras = {k: v for k, v in carried_columns(quad).items() if k not in BOOKKEEPING_FIELDS}
     return Pair(
-        **carried_columns(quad),
+        **extras,
         pair_id=f"aligned:{quad.origin}:{quad.id}",
         kind="aligned",
         similarity=1.0,
@@ -183,11 +187,13 @@ def _select(
     )
     taken_u: set[int] = set()
     taken_g: set[int] = set()
+    result.stats["stale_completions"] = 0
     for j in chosen.tolist():
         origin, sample = (
             ("understanding", und[j]) if j < n_u else ("generation", gen[gen_pool[j - n_u]])
         )
-        quad = completions.get((origin, sample.id))
+        quad, stale = matching_completion(completions, origin, sample)
+        result.stats["stale_completions"] += stale
         if quad is None:
             if cfg.on_missing_completion == "error":
                 result.needs_completion.append(sample)
@@ -201,6 +207,28 @@ def _select(
     und_left = np.asarray([i for i in range(n_u) if i not in taken_u], dtype=np.int64)
     gen_left = np.asarray([i for i in gen_pool.tolist() if i not in taken_g], dtype=np.int64)
     return und_left, gen_left
+
+
+def matching_completion(
+    completions: Mapping[CompletionKey, Quadruple], origin: str, sample: Any
+) -> tuple[Quadruple | None, bool]:
+    """The completion of `sample` as it is now, and whether only completions of an earlier
+    content of it (an edited question, answer, prompt or image) exist. A quadruple matches by
+    its `source_sha256` (written by `pairs complete`), or else by the completed text fields;
+    with a `CompletionTable`, every version of the sample is tried, the latest first."""
+    from pairuni.pairing.complete import completes, image_sha256
+
+    versions = getattr(completions, "versions", {}).get((origin, sample.id))
+    if versions is None:
+        quad = completions.get((origin, sample.id))  # type: ignore[call-overload]
+        versions = [quad] if quad is not None else []
+    if not versions:
+        return None, False
+    image_sha = image_sha256(sample)
+    for quad in reversed(versions):
+        if completes(quad, sample, image_sha):
+            return quad, False
+    return None, True
 
 
 def _random_pairs(
@@ -252,17 +280,34 @@ def sample_features(records: list[Any], cfg: PairingConfig, *, progress: bool = 
     return out
 
 
-def read_completions(paths: list[str]) -> dict[CompletionKey, Quadruple]:
-    """Completed quadruples keyed by (origin, id); a later file wins over an earlier one."""
-    from pairuni.data.io import read_records
-    from pairuni.pairing.sources import absolute_image
+class CompletionTable(dict[CompletionKey, Quadruple]):
+    """Completed quadruples keyed by (origin, id), the latest version of each; `versions` holds
+    every version in reading order (a record completed again after an edit has several)."""
 
-    table: dict[CompletionKey, Quadruple] = {}
+    def __init__(self) -> None:
+        super().__init__()
+        self.versions: dict[CompletionKey, list[Quadruple]] = {}
+
+    def add(self, quad: Quadruple) -> None:
+        key = (quad.origin, quad.id)
+        self[key] = quad
+        self.versions.setdefault(key, []).append(quad)
+
+
+def read_completions(paths: list[str]) -> CompletionTable:
+    """Completed quadruples keyed by (origin, id); a later line or file wins over an earlier
+    one, and `build_pairs` takes the latest version that matches the sample's content. Ids may
+    repeat: the two tasks may share a file, and an edited record is completed again."""
+    from pairuni.data.io import read_records
+    from pairuni.pairing.sources import absolute_image, strip_option_letters
+
+    table = CompletionTable()
     for path in paths:
-        records = read_records(path, Quadruple, on_bad_record="error")
+        records = read_records(path, Quadruple, on_bad_record="error", unique_ids=False)
         for quad in records:
             image = absolute_image(quad.image, records.base_dir)
-            table[(quad.origin, quad.id)] = quad.model_copy(update={"image": image})
+            options = strip_option_letters(quad.options)  # "A. red" -> "red": lettered once
+            table.add(quad.model_copy(update={"image": image, "options": options}))
     return table
 
 
@@ -276,10 +321,17 @@ def run_build(
     from pathlib import Path
 
     from pairuni.data.io import write_records
-    from pairuni.pairing.sources import load_samples
+    from pairuni.pairing.sources import load_samples, rejects_path
 
-    und = load_samples(cfg.sources.understanding, "understanding", cfg.sources)
-    gen = load_samples(cfg.sources.generation, "generation", cfg.sources)
+    und = load_samples(
+        cfg.sources.understanding,
+        "understanding",
+        cfg.sources,
+        rejects=rejects_path(out, "understanding"),
+    )
+    gen = load_samples(
+        cfg.sources.generation, "generation", cfg.sources, rejects=rejects_path(out, "generation")
+    )
     und_feats = sample_features(und.records, cfg, progress=progress)
     gen_feats = sample_features(gen.records, cfg, progress=progress)
     if und_feats.shape[1] != gen_feats.shape[1] and len(und.records) and len(gen.records):

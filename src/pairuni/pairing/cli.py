@@ -32,12 +32,24 @@ def complete_cmd(
         typer.Option("--input", "-i", help="Records to complete instead of the config's sources."),
     ] = None,
     progress: ProgressOption = True,
+    retry_dropped: Annotated[
+        bool,
+        typer.Option(
+            "--retry-dropped",
+            help="Try again the records in <out>.dropped.jsonl (and cached drops), e.g. after "
+            "a fix on the server's side.",
+        ),
+    ] = False,
 ) -> None:
-    """Complete single-task records into quadruples with the configured annotator."""
+    """Complete single-task records into quadruples with the configured annotator.
+
+    Exits 1 with the cause when records are left undone because of the service (an outage,
+    every request refused, a rejected key); what finished is kept, so the same command resumes.
+    """
     from pairuni.data.errors import DataError
     from pairuni.pairing.annotators import make_annotator
-    from pairuni.pairing.complete import complete_records
-    from pairuni.pairing.sources import load_samples
+    from pairuni.pairing.complete import CompletionFailed, complete_records
+    from pairuni.pairing.sources import load_samples, rejects_path
 
     if task not in ("understanding", "generation"):
         fail(f"task must be `understanding` or `generation`, got {task!r}")
@@ -47,20 +59,47 @@ def complete_cmd(
     if not paths:
         fail(f"no {task} data: set pairing.sources.{task} or pass --input")
     try:
-        samples = load_samples(paths, task, pc.sources)  # type: ignore[arg-type]
+        samples = load_samples(
+            paths,
+            task,
+            pc.sources,
+            rejects=rejects_path(out, task),  # type: ignore[arg-type]
+        )
         annotator = make_annotator(pc.complete, seed=cfg.seed)
     except (DataError, FileNotFoundError, ValueError, ImportError) as err:
         fail(str(err))
     typer.echo(samples.summary())
-    summary = complete_records(
-        samples.records,
-        task,
-        out,
-        annotator,
-        pc.complete,
-        progress=progress,  # type: ignore[arg-type]
-    )
+    if not samples.records:
+        fail(
+            f"no {task} records to complete in {', '.join(map(str, paths))}: "
+            f"{samples.summary()}. Check the input (--input or pairing.sources.{task}), the "
+            "column mapping (pairing.sources.columns) and the category filters; nothing was "
+            "sent and nothing was written",
+            code=1,
+        )
+    try:
+        summary = complete_records(
+            samples.records,
+            task,  # type: ignore[arg-type]
+            out,
+            annotator,
+            pc.complete,
+            progress=progress,
+            retry_dropped=retry_dropped,
+        )
+    except CompletionFailed as err:
+        if err.summary is not None:
+            typer.echo(err.summary.line())
+            for warning in err.summary.warnings:
+                typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+            typer.echo(f"request ledger: {err.summary.ledger}")
+        fail(str(err), code=1)
+    except (DataError, OSError) as err:
+        fail(str(err), code=1)
     typer.echo(summary.line())
+    for warning in summary.warnings:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"request ledger: {summary.ledger}")
 
 
 @pairs_app.command("features")
@@ -105,10 +144,13 @@ def build_cmd(
     except (DataError, FileNotFoundError, ValueError) as err:
         fail(str(err))
     if result.needs_completion:
+        stale = result.stats.get("stale_completions", 0)
+        edited = f" ({stale} were edited since their completion)" if stale else ""
         fail(
-            f"{len(result.needs_completion)} selected samples have no completion; they are in "
-            f"{out}.needs-completion.<task>.jsonl: run `pairuni pairs complete <task> --input "
-            "<that file> --out <quads.jsonl>` and build again with --completions <quads.jsonl> "
+            f"{len(result.needs_completion)} selected samples have no completion{edited}; they "
+            f"are in {out}.needs-completion.<task>.jsonl: run `pairuni pairs complete <task> "
+            "--input <that file> --out <quads.jsonl>` and build again with --completions "
+            "<quads.jsonl> "
             "(or set pairing.on_missing_completion=drop)"
         )
     typer.echo(

@@ -7,9 +7,10 @@ thresholded greedy retrieval (retrieved pairs). The defaults are the paper's (ar
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pairuni.configbase import Section
 
@@ -40,12 +41,19 @@ class SourcesConfig(Section):
     applied after `drop_categories`."""
 
     dedup: bool = True
-    """Drop records whose image content (sha256 of the file bytes) was already seen in the same
-    task; the first occurrence wins. Generation records without an image are kept."""
+    """Drop exact duplicates within a task: records with the same image content (sha256 of the
+    image bytes) and the same question and options (understanding) or prompt (generation),
+    whitespace aside; the first occurrence wins. Other questions about the same image are
+    kept."""
 
     on_bad_record: Literal["error", "skip"] = "error"
-    """What to do with a record that does not fit the schema: `error` stops with the file, row
-    and field; `skip` drops it and counts it in the summary."""
+    """What to do with a bad record (invalid JSON, not fitting the schema, a missing or corrupt
+    image, a repeated id): `error` stops with the file, line/row and field; `skip` leaves it out,
+    counts it in the summary and lists it (with duplicates) in `<out>.rejects.<task>.jsonl`."""
+
+    split: str | None = None
+    """For a `DatasetDict` folder (`save_to_disk` output with `dataset_dict.json`): the split to
+    read; null reads every split, in the order of `dataset_dict.json`."""
 
 
 class FeaturesConfig(Section):
@@ -161,7 +169,15 @@ class CompleteConfig(Section):
     """Client-side rate limit; null for none."""
 
     max_retries: int = Field(6, ge=0)
-    """Retries of one request on HTTP 429, 5xx, timeouts and connection errors."""
+    """Retries of one request on HTTP 429, 5xx, timeouts and connection errors. A server's
+    Retry-After is honoured when longer than the backoff (every request pauses that long); one
+    above 10 minutes fails the request at once."""
+
+    stop_after_failures: int = Field(32, ge=0)
+    """Stop the job once this many records in a row ended without a completion because the
+    service kept failing or refused the request (an outage, or a setting the server rejects,
+    would otherwise go through every record); what finished is kept and the command exits
+    non-zero with the cause. 0 never stops early."""
 
     backoff_initial_s: float = Field(1.0, ge=0)
     """First retry delay; it doubles per retry (exponential backoff) with full jitter."""
@@ -180,8 +196,10 @@ class CompleteConfig(Section):
     its default)."""
 
     cache_dir: str = ".cache/pairuni/completions"
-    """Persistent cache of finished completions, keyed by (record hash, template version, model):
-    a re-run never pays twice."""
+    """Persistent cache of finished completions, keyed by the record's content and every setting
+    that shapes a completion (model, base_url, template text and version, verify, send_image,
+    temperature, max_tokens): a re-run never pays twice. Service failures and refusals are never
+    cached."""
 
     price_input_per_mtok: float = Field(0.0, ge=0)
     """Price of one million prompt tokens, for the cost total in the summary."""
@@ -240,3 +258,46 @@ class PairingConfig(Section):
     images: Literal["keep", "embed", "copy"] = "keep"
     """How the PairUG file stores images: `keep` absolute paths, `embed` the bytes, `copy` files
     beside the output."""
+
+    @model_validator(mode="after")
+    def _paths_from_the_config_folder(self, info: ValidationInfo) -> PairingConfig:
+        """Relative paths written in a config file resolve from that file's folder; those given
+        with --set, and defaults, from the working directory (docs/pairing.md, "Paths")."""
+        context = info.context if isinstance(info.context, dict) else {}
+        folder, set_keys = context.get("config_dir"), context.get("set_keys") or set()
+        for dotted in PATH_KEYS:
+            section_name, name = dotted.split(".")
+            section = getattr(self, section_name)
+            value = getattr(section, name)
+            if name not in section.model_fields_set or value is None:
+                continue
+            key = f"pairing.{dotted}"
+            from_cli = any(key == k or key.startswith(k + ".") for k in set_keys)
+            base = None if from_cli or folder is None else os.fspath(folder)
+            if isinstance(value, list):
+                resolved: str | list[str] = [_resolve(v, base) for v in value]
+            else:
+                resolved = _resolve(value, base)
+            if resolved != value:
+                setattr(section, name, resolved)
+        return self
+
+
+PATH_KEYS = (
+    "sources.understanding",
+    "sources.generation",
+    "complete.templates_dir",
+    "complete.cache_dir",
+    "complete.local_model_dir",
+    "features.model_dir",
+    "features.cache_dir",
+)
+"""Every key of the `pairing` section that holds a path (or a list of paths)."""
+
+
+def _resolve(path: str, base: str | None) -> str:
+    """`~` expanded; a relative path joined to `base` (when given) and normalised."""
+    path = os.path.expanduser(path)
+    if base is None or os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(os.path.abspath(base), path))
