@@ -166,3 +166,20 @@ class UnifiedPolicy(Protocol):
     def save(self, out_dir: str | Path) -> None:
         """Write a checkpoint that `load` (and the real-checkpoint loader) reads back."""
         ...
+
+
+@runtime_checkable
+class EditingPolicy(Protocol):
+    """A backend that edits images (image + instruction -> image), for ImgEdit. Janus does not;
+    the masked-diffusion backend does."""
+
+    def edit_images(
+        self,
+        images: Sequence[Image.Image],
+        instructions: Sequence[str],
+        *,
+        greedy: bool = False,
+        generator: torch.Generator | int | None = None,
+    ) -> list[Image.Image]:
+        """One edited image per (source image, instruction), in order."""
+        ...

@@ -202,13 +202,61 @@ def merge_lora(
 
 def tiny_model(
     out: Annotated[Path, typer.Argument(help="Directory to write the checkpoint to.")],
-    image_size: Annotated[int, typer.Option(min=8, help="Understanding image side, px.")] = 32,
-    patch_size: Annotated[int, typer.Option(min=1, help="Patch side, px.")] = 8,
+    image_size: Annotated[
+        int, typer.Option(min=8, help="Understanding image side, px (Janus only).")
+    ] = 32,
+    patch_size: Annotated[int, typer.Option(min=1, help="Patch side, px (Janus only).")] = 8,
+    backend: Annotated[
+        str, typer.Option(help="janus | dimoo: the model family of the checkpoint.")
+    ] = "janus",
+    seed: Annotated[int, typer.Option(help="Seed of the random weights (dimoo).")] = 0,
 ) -> None:
-    """Write a tiny random Janus checkpoint (< 1 M parameters) to try the commands offline."""
+    """Write a tiny random checkpoint to try the commands offline: Janus (< 1 M parameters, HF
+    layout) or Lumina-DiMOO (--backend dimoo: the released layout with the real id layout,
+    about 17 MB)."""
+    if backend == "dimoo":
+        from pairuni.policy.dimoo.tiny import write_tiny_dimoo
+
+        path = write_tiny_dimoo(out, seed=seed)
+        typer.echo(f"wrote a tiny random Lumina-DiMOO checkpoint to {path}")
+        return
+    if backend != "janus":
+        fail(f"--backend {backend!r}: choose janus or dimoo")
     from pairuni.policy.tiny import build_tiny_janus
 
     if image_size % patch_size:
         fail(f"--image-size {image_size} is not a multiple of --patch-size {patch_size}")
     path = build_tiny_janus(out, image_size=image_size, patch_size=patch_size)
     typer.echo(f"wrote a tiny random Janus checkpoint to {path}")
+
+
+def convert_janus(
+    src: Annotated[
+        Path,
+        typer.Argument(help="DeepSeek's original release (deepseek-ai/Janus-Pro-1B or -7B)."),
+    ],
+    dst: Annotated[Path, typer.Argument(help="New folder for the Hugging Face layout.")],
+    shard_gb: Annotated[
+        float, typer.Option(min=0.01, help="Largest safetensors shard, in GiB.")
+    ] = 5.0,
+) -> None:
+    """Convert DeepSeek's original Janus / Janus-Pro checkpoint (model_type multi_modality,
+    PyTorch .bin weights) to the Hugging Face layout pairuni loads (that of
+    deepseek-community/Janus-Pro-1B): config, safetensors, tokenizer, processor with the chat
+    template. Offline; no remote code; the weights' dtype is kept."""
+    from pairuni.policy.janus import CheckpointError
+    from pairuni.policy.janus_original import convert_original_janus
+
+    start = time.perf_counter()
+    try:
+        result = convert_original_janus(
+            src, dst, max_shard_bytes=int(shard_gb * 1024**3), progress=typer.echo
+        )
+    except CheckpointError as err:
+        fail(str(err))
+    tied = ", head tied to the embeddings" if result.tied_embeddings else ""
+    typer.echo(
+        f"wrote {result.path}: {result.num_parameters / 1e6:.1f} M parameters in "
+        f"{len(result.weight_files)} safetensors file(s), {result.dtype}{tied}, in "
+        f"{time.perf_counter() - start:.0f} s. Use it with --model {result.path}"
+    )

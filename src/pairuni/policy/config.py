@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from pairuni.configbase import Section
+from pairuni.policy.dimoo.config import DimooRolloutConfig
 
 DType = Literal["float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
 TrainableModule = Literal[
@@ -185,6 +186,10 @@ class RolloutConfig(Section):
 
     decode_batch_size: int = Field(16, ge=1)
     """Images decoded by the VQ decoder at a time (bounds decoder memory)."""
+
+    dimoo: DimooRolloutConfig = Field(default_factory=DimooRolloutConfig)
+    """Settings of the masked-diffusion backend only (`model.backend: dimoo`): steps, image
+    size, the log-prob estimator; ignored by Janus."""
 
     @field_validator("und_prompt_template")
     @classmethod

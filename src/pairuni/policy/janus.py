@@ -83,6 +83,7 @@ def check_checkpoint_dir(path: str | Path) -> Path:
             )
         check_checkpoint_dir(base)
         return root
+    _check_model_type(root)
     missing = []
     if not (root / "config.json").is_file():
         missing.append("config.json")
@@ -105,6 +106,35 @@ def check_checkpoint_dir(path: str | Path) -> Path:
             f"--local-dir {root}`) or write a tiny one with `pairuni tiny-model {root}`"
         )
     return root
+
+
+def _check_model_type(root: Path) -> None:
+    """DeepSeek's original release (`model_type: multi_modality`) gets the command that converts
+    it; another model type is not a Janus checkpoint in the Hugging Face layout (none at all is
+    left to transformers)."""
+    config = root / "config.json"
+    if not config.is_file():
+        return  # reported with the other missing files
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, AttributeError) as err:
+        raise CheckpointError(
+            f"{config} is not a JSON object ({err}); fix or re-download it"
+        ) from err
+    if model_type == "multi_modality":
+        from pairuni.policy.janus_original import original_release_message
+
+        raise CheckpointError(original_release_message(root))
+    if model_type == "llada":
+        raise CheckpointError(
+            f"{config} says model_type='llada': a Lumina-DiMOO checkpoint, not Janus; load it "
+            "with the DiMOO backend (pairuni.policy.dimoo.model.load_dimoo)"
+        )
+    if model_type is not None and model_type != "janus":
+        raise CheckpointError(
+            f"{config} says model_type={model_type!r}; pairuni's Janus backend reads the Hugging "
+            "Face layout (model_type 'janus', e.g. deepseek-community/Janus-Pro-1B)"
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -173,6 +203,110 @@ def _check_batch(num_inputs: int, num_samples: int, what: str) -> None:
 
 def _first_set(*values: int | None) -> int | None:
     return next((v for v in values if v is not None), None)
+
+
+# ----------------------------------------------------------------------------- chat format
+
+# Janus-Pro's conversation format, as DeepSeek's VLChatProcessor writes it (its "deepseek" SFT
+# format; the system prompt, when there is one, comes first and is added by the policy):
+#
+#     <|User|>: <image_placeholder>\n{question}\n\n<|Assistant|>:{answer}<｜end▁of▁sentence｜>
+#
+# `janus_pro_chat_text` (for processors without a chat template) and `JANUS_PRO_CHAT_TEMPLATE`
+# (written by `pairuni convert-janus`) produce the same text; tests hold them to each other, to
+# the tiny checkpoint's template and to a hand-written example.
+USER_TAG = "<|User|>"
+ASSISTANT_TAG = "<|Assistant|>"
+USER_END = "\n\n"
+
+JANUS_PRO_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- set role = message['role'] | lower -%}"
+    "{%- if role == 'user' -%}{%- set tag = '" + USER_TAG + "' -%}"
+    "{%- elif role == 'assistant' -%}{%- set tag = '" + ASSISTANT_TAG + "' -%}"
+    "{%- else -%}{%- set tag = message['role'] | capitalize -%}{%- endif -%}"
+    "{%- set ns = namespace(body='') -%}"
+    "{%- if message['content'] is string -%}{%- set ns.body = message['content'] | trim -%}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}"
+    "{%- if not loop.first -%}{%- set ns.body = ns.body + '\\n' -%}{%- endif -%}"
+    "{%- set ns.body = ns.body + '<image_placeholder>' -%}"
+    "{%- if not loop.last -%}{%- set ns.body = ns.body + '\\n' -%}{%- endif -%}"
+    "{%- else -%}{%- set text = part['text'] -%}"
+    "{%- if loop.first -%}{%- set text = text.lstrip() -%}{%- endif -%}"
+    "{%- if loop.last -%}{%- set text = text.rstrip() -%}{%- endif -%}"
+    "{%- if not loop.first and message['content'][loop.index0 - 1]['type'] != 'image' -%}"
+    "{%- set text = ' ' + text -%}{%- endif -%}"
+    "{%- set ns.body = ns.body + text -%}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{%- if ns.body -%}{{ tag + ': ' + ns.body }}"
+    "{%- if role != 'user' -%}{{ eos_token }}"
+    "{%- elif not loop.last or add_generation_prompt -%}{{ '" + "\\n\\n" + "' }}{%- endif -%}"
+    "{%- else -%}{{ tag + ':' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '" + ASSISTANT_TAG + ":' }}{%- endif -%}"
+)
+"""The same format as a Jinja chat template (`eos_token` is the tokenizer's)."""
+
+
+def has_chat_template(processor: Any) -> bool:
+    """Whether `processor.apply_chat_template` can run without naming a template."""
+    template = getattr(processor, "chat_template", None)
+    if isinstance(template, dict):
+        return "default" in template
+    return bool(template)
+
+
+def janus_pro_chat_text(
+    messages: Sequence[dict[str, Any]],
+    *,
+    end_of_turn: str,
+    image_token: str = "<image_placeholder>",
+    add_generation_prompt: bool = True,
+) -> str:
+    """Messages (`role` + a string or a list of `{"type": "image"}` / `{"type": "text", "text"}`
+    parts) -> Janus-Pro's chat text, without system prompt.
+
+    A turn is `<|User|>: body` or `<|Assistant|>: body` (another role: `Role: body`). The body
+    joins the parts: an image is `image_token` on its own line, adjacent text parts are joined
+    by a space, leading space of the first part and trailing space of the last are stripped (a
+    string body is stripped). A user turn ends with a blank line, any other with `end_of_turn`
+    (EOS); an empty turn is the bare `<|Assistant|>:` cue. `add_generation_prompt` appends that
+    cue for the model to answer after."""
+    turns = []
+    for index, message in enumerate(messages):
+        role = str(message["role"])
+        tag = {"user": USER_TAG, "assistant": ASSISTANT_TAG}.get(role.lower(), role.capitalize())
+        body = _turn_body(message["content"], image_token)
+        if not body:
+            turns.append(f"{tag}:")
+            continue
+        last = index == len(messages) - 1
+        if role.lower() != "user":
+            end = end_of_turn
+        else:
+            end = USER_END if (not last or add_generation_prompt) else ""
+        turns.append(f"{tag}: {body}{end}")
+    if add_generation_prompt:
+        turns.append(f"{ASSISTANT_TAG}:")
+    return "".join(turns)
+
+
+def _turn_body(content: str | Sequence[dict[str, Any]], image_token: str) -> str:
+    if isinstance(content, str):
+        return content.strip()
+    body = ""
+    for i, part in enumerate(content):
+        first, last = i == 0, i == len(content) - 1
+        if part["type"] == "image":
+            body += ("" if first else "\n") + image_token + ("" if last else "\n")
+            continue
+        text = str(part["text"])
+        text = text.lstrip() if first else text
+        text = text.rstrip() if last else text
+        # two text parts in a row are one sentence; after an image the newline separates them
+        body += (" " if not first and content[i - 1]["type"] != "image" else "") + text
+    return body
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -420,13 +554,25 @@ class JanusPolicy:
         messages = [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user}]}
         ]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        return self.system_prompt() + text
+        return self.system_prompt() + self.chat_text(messages)
 
     def generation_prompt(self, prompt: str) -> str:
         """The chat text of one image-generation turn (the processor appends <begin_of_image>)."""
         messages = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        return self.chat_text(messages)
+
+    def chat_text(self, messages: Sequence[dict[str, Any]]) -> str:
+        """`messages` in the checkpoint's chat template, ending with the assistant's cue.
+
+        A processor without a chat template (some converted checkpoints ship none) gets
+        Janus-Pro's own format from `janus_pro_chat_text`, the same text the template writes."""
+        if has_chat_template(self.processor):
+            return self.processor.apply_chat_template(list(messages), add_generation_prompt=True)
+        return janus_pro_chat_text(
+            messages,
+            end_of_turn=self.processor.tokenizer.eos_token,
+            image_token=self.processor.image_token,
+        )
 
     def encode_understanding(
         self,

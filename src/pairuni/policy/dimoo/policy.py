@@ -1,0 +1,501 @@
+"""`DimooPolicy`: Lumina-DiMOO behind the same protocol as Janus (`policy.base.UnifiedPolicy`).
+
+Understanding: the image is tokenised by the VQ (the model has no separate vision encoder), the
+answer is `rollout.max_new_tokens` masks unmasked by LLaDA's block sampler. Generation: MaskGIT
+over `image_size / 16` squared codes with text guidance. Every rollout records the step each
+token was committed at, its sampling log-prob and the per-row seed; the log-prob estimator of
+the ratio (`rollout.dimoo.logprob`) rebuilds its states from the record alone.
+
+The rollout records keep every tensor flat and right-padded (no prompt field is left-padded),
+so that they slice into micro-batches and concatenate like Janus's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pairuni.policy.base import RolloutBatch
+from pairuni.policy.dimoo.config import DimooRolloutConfig
+from pairuni.policy.dimoo.sampling import ImageSampling, Rollout, TextSampling
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from pairuni.policy.config import ModelConfig, RolloutConfig
+    from pairuni.policy.dimoo.model import DimooModel
+    from pairuni.policy.dimoo.sequence import Branch, Layout
+
+TRAINABLE = ("language_model",)
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclasses.dataclass
+class DimooTextRollout(RolloutBatch):
+    """K answers per (image, question), with what the estimators need to replay them.
+    Shapes: B rows, S sequence tokens (right-padded), L answer tokens."""
+
+    seq_ids: torch.Tensor
+    """(B, S) int64, the understanding sequence with the answer masked."""
+    seq_mask: torch.Tensor
+    """(B, S) int64, 1 on real tokens."""
+    seq_positions: torch.Tensor
+    """(B, L) int64, where answer token j of each row sits."""
+    seq_instruction_len: torch.Tensor
+    """(B,) int64, tokens before `<answer>` (what `mean_field` may mask)."""
+    completion_ids: torch.Tensor
+    """(B, L) int64, the answer tokens (`answer_pad` where never committed)."""
+    completion_mask: torch.Tensor
+    """(B, L) int64, 1 up to and including the first end-of-sequence token."""
+    commit_step: torch.Tensor
+    """(B, L) int64, the step each token was committed at (-1: never)."""
+    logprobs: torch.Tensor
+    """(B, L) float32, sampling log-prob of each token; 0 where the mask is 0."""
+    seeds: torch.Tensor
+    """(B,) int64, the row's sampler seed (also seeds the estimators' random masks)."""
+    texts: list[str]
+    group: torch.Tensor
+
+
+@dataclasses.dataclass
+class DimooImageRollout(RolloutBatch):
+    """K images per prompt: the conditional and unconditional sequences and the record."""
+
+    seq_ids: torch.Tensor
+    seq_mask: torch.Tensor
+    seq_positions: torch.Tensor
+    seq_instruction_len: torch.Tensor
+    uncond_ids: torch.Tensor
+    """(B, S') int64, the `<uncondition>` twin (its image part masked)."""
+    uncond_mask: torch.Tensor
+    uncond_positions: torch.Tensor
+    uncond_instruction_len: torch.Tensor
+    image_ids: torch.Tensor
+    """(B, N) int64, the VQ codes in raster order."""
+    commit_step: torch.Tensor
+    logprobs: torch.Tensor
+    seeds: torch.Tensor
+    images: list[Image.Image]
+    group: torch.Tensor
+
+
+def _branch_fields(branch: Branch, prefix: str) -> dict[str, torch.Tensor]:
+    return {
+        f"{prefix}_ids": branch.input_ids,
+        f"{prefix}_mask": branch.attention_mask,
+        f"{prefix}_positions": branch.positions,
+        f"{prefix}_instruction_len": branch.prompt_lengths,
+    }
+
+
+def _branch(record: RolloutBatch, prefix: str) -> Branch:
+    from pairuni.policy.dimoo.sequence import Branch
+
+    return Branch(
+        input_ids=getattr(record, f"{prefix}_ids"),
+        attention_mask=getattr(record, f"{prefix}_mask"),
+        positions=getattr(record, f"{prefix}_positions"),
+        prompt_lengths=getattr(record, f"{prefix}_instruction_len"),
+    )
+
+
+def format_question(question: str, options: Sequence[str] | None, template: str) -> str:
+    """The user text of an understanding turn: the question, its lettered options, the
+    template (the same text as the Janus backend's)."""
+    if options and len(options) > len(LETTERS):
+        raise ValueError(f"{len(options)} options for {question!r}; at most 26 get letters")
+    if options:
+        question += "\n" + "\n".join(f"{LETTERS[i]}. {opt}" for i, opt in enumerate(options))
+    return template.replace("{question}", question)
+
+
+class DimooPolicy:
+    """Lumina-DiMOO: understanding and image rollouts, their log-probs with gradient (the
+    configured estimator), VQ decoding, editing, trainable parameters, save and load."""
+
+    backend = "dimoo"
+
+    def __init__(
+        self,
+        model: DimooModel,
+        model_config: ModelConfig | None = None,
+        rollout_config: RolloutConfig | None = None,
+    ) -> None:
+        from pairuni.policy.config import ModelConfig, RolloutConfig
+
+        self.model = model
+        self.model_config = model_config or ModelConfig()
+        self.rollout_config = rollout_config or RolloutConfig()
+        self.settings: DimooRolloutConfig = self.rollout_config.dimoo
+        self.ids = model.ids
+        unknown = [m for m in self.model_config.trainable if m not in TRAINABLE]
+        if unknown:
+            raise ValueError(
+                f"model.trainable lists {', '.join(unknown)}, which the dimoo backend does not "
+                f"have; it trains {', '.join(TRAINABLE)} (the transformer, its embeddings and "
+                "head); the VQ image tokenizer stays frozen"
+            )
+        if self.model_config.lora is not None:
+            raise ValueError(
+                "model.lora is not supported by the dimoo backend yet; remove model.lora "
+                "(full fine-tuning of the transformer) or use model.backend: janus"
+            )
+        model.vq.model.requires_grad_(False)
+        model.backbone.requires_grad_(True)
+        if self.model_config.gradient_checkpointing:
+            model.backbone.gradient_checkpointing_enable({"use_reentrant": False})
+        model.backbone.eval()
+
+    # ------------------------------------------------------------------ loading and saving
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        model_config: ModelConfig | None = None,
+        rollout_config: RolloutConfig | None = None,
+        *,
+        for_training: bool = False,
+    ) -> DimooPolicy:
+        """Load a local folder in the released Lumina-DiMOO layout (docs/dimoo.md)."""
+        from pairuni.policy.config import ModelConfig
+        from pairuni.policy.dimoo.model import load_dimoo
+        from pairuni.policy.janus import resolve_device, resolve_dtype
+
+        model_config = model_config or ModelConfig()
+        path = path if path is not None else model_config.path
+        if path is None:
+            raise ValueError("no checkpoint given: pass a directory (model.path)")
+        model = load_dimoo(
+            path,
+            dtype=resolve_dtype(model_config.dtype),
+            device=resolve_device(model_config.device),
+        )
+        del for_training  # no adapters yet: training and inference load the same weights
+        return cls(model, model_config, rollout_config)
+
+    def save(self, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the released layout (`load_dimoo` and DiMOO's own code read it back)."""
+        if state_dict is not None:
+            self.model.backbone.load_state_dict(state_dict)
+        self.model.save(out_dir)
+
+    # ------------------------------------------------------------------ protocol members
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.ids.answer_pad)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The module that trains (what sharding wraps and checkpoints save)."""
+        return self.model.backbone
+
+    def train(self, mode: bool = True) -> None:
+        self.model.backbone.train(mode)
+
+    def eval(self) -> None:
+        self.model.backbone.eval()
+
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        params = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        return {"language_model": params}
+
+    def cast_trainable(self, dtype: torch.dtype) -> int:
+        """Hold the trainable parameters in `dtype` (the trainer's master weights), in place."""
+        changed = 0
+        for param in self.parameter_groups()["language_model"]:
+            if param.dtype != dtype:
+                param.data = param.data.to(dtype)
+                changed += param.numel()
+        return changed
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        was = self.model.backbone.training
+        self.model.backbone.eval()
+        try:
+            yield
+        finally:
+            self.model.backbone.train(was)
+
+    @property
+    def _logits(self) -> DimooModel:
+        """The samplers' and estimators' logits function (the model, with its fast path)."""
+        return self.model
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.settings.image_size // self.model.vq.downsample
+        return side, side
+
+    def image_sampling(self, greedy: bool = False) -> ImageSampling:
+        return ImageSampling(
+            steps=self.settings.image_steps,
+            guidance=self.rollout_config.cfg_scale - 1.0,  # Janus's s = DiMOO's 1 + w
+            temperature=0.0 if greedy else self.rollout_config.image_temperature,
+        )
+
+    def text_sampling(self, greedy: bool = False) -> TextSampling:
+        return TextSampling(
+            steps=self.settings.text_steps,
+            block_length=self.settings.text_block_length,
+            temperature=0.0 if greedy else self.rollout_config.text_temperature,
+            stop_ids=(self.ids.eos, self.ids.answer_end, self.ids.answer_pad),
+        )
+
+    def _seeds(self, generator: torch.Generator | int | None, count: int) -> list[int]:
+        """Per-row sampler seeds drawn from `generator` (an int seeds a fresh one)."""
+        if isinstance(generator, int):
+            generator = torch.Generator().manual_seed(generator)
+        if generator is not None and generator.device.type != "cpu":
+            generator = torch.Generator().manual_seed(int(generator.initial_seed()))
+        draw = torch.randint(0, 2**62, (count,), generator=generator)
+        return [int(s) for s in draw]
+
+    # ------------------------------------------------------------------ understanding
+
+    def _image_codes(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        size = self.settings.image_size
+        return [
+            self.model.vq.encode([self.model.preprocess_image(im.convert("RGB"), size)])[0]
+            for im in images
+        ]
+
+    def rollout_text(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        num_samples: int = 1,
+        *,
+        options: Sequence[Sequence[str] | None] | None = None,
+        greedy: bool = False,
+        generator: torch.Generator | int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> DimooTextRollout:
+        """`num_samples` answers to each (image, question), rows grouped by pair (B = n x K)."""
+        from pairuni.policy.dimoo.sampling import sample_text
+        from pairuni.policy.dimoo.sequence import understanding_layout
+
+        if len(images) != len(questions):
+            raise ValueError(f"got {len(images)} images for {len(questions)} questions")
+        opts = options if options is not None else [None] * len(questions)
+        template = self.rollout_config.und_prompt_template
+        users = [format_question(q, o, template) for q, o in zip(questions, opts, strict=True)]
+        group = torch.arange(len(questions)).repeat_interleave(num_samples)
+        codes = self._image_codes(images)
+        layout = understanding_layout(
+            self.model.tokenizer,
+            [users[g] for g in group.tolist()],
+            [codes[g] for g in group.tolist()],
+            max_new_tokens or self.rollout_config.max_new_tokens,
+            self.ids,
+            device=self.device,
+            **self._system("understanding"),
+        )
+        seeds = self._seeds(generator, len(group))
+        with self._eval_mode():
+            rollout = sample_text(self._logits, layout, self.text_sampling(greedy), seeds)
+        return self._text_record(rollout, group)
+
+    def _system(self, task: str) -> dict[str, str]:
+        system = self.rollout_config.system_prompt
+        return {} if system is None or task != "understanding" else {"system": system}
+
+    def _text_record(self, rollout: Rollout, group: torch.Tensor) -> DimooTextRollout:
+        mask = rollout.mask
+        logprobs = rollout.logprobs * mask
+        texts = self._decode_answers(rollout.tokens, mask)
+        return DimooTextRollout(
+            **_branch_fields(rollout.layout.cond, "seq"),
+            completion_ids=rollout.tokens,
+            completion_mask=mask,
+            commit_step=rollout.commit_step,
+            logprobs=logprobs,
+            seeds=torch.tensor(rollout.seeds, dtype=torch.long),
+            texts=texts,
+            group=group,
+        )
+
+    def _decode_answers(self, tokens: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        stops = {self.ids.eos, self.ids.answer_end, self.ids.answer_pad}
+        rows = [
+            [int(t) for t, m in zip(row, keep, strict=True) if m and int(t) not in stops]
+            for row, keep in zip(tokens.tolist(), mask.tolist(), strict=True)
+        ]
+        return self.model.tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+    # ------------------------------------------------------------------ generation
+
+    def rollout_image(
+        self,
+        prompts: Sequence[str],
+        num_samples: int = 1,
+        *,
+        greedy: bool = False,
+        generator: torch.Generator | int | None = None,
+        decode: bool = True,
+    ) -> DimooImageRollout:
+        """`num_samples` images for each prompt; rows are grouped by prompt."""
+        from pairuni.policy.dimoo.sampling import sample_images
+        from pairuni.policy.dimoo.sequence import text_to_image_layout
+
+        group = torch.arange(len(prompts)).repeat_interleave(num_samples)
+        height, width = self.grid
+        layout = text_to_image_layout(
+            self.model.tokenizer,
+            [prompts[g] for g in group.tolist()],
+            height,
+            width,
+            self.ids,
+            device=self.device,
+        )
+        seeds = self._seeds(generator, len(group))
+        with self._eval_mode():
+            rollout = sample_images(self._logits, layout, self.image_sampling(greedy), seeds)
+        codes = rollout.codes
+        images = self.decode_images(codes) if decode else []
+        assert layout.uncond_text is not None
+        return DimooImageRollout(
+            **_branch_fields(layout.cond, "seq"),
+            **_branch_fields(layout.uncond_text, "uncond"),
+            image_ids=codes,
+            commit_step=rollout.commit_step,
+            logprobs=rollout.logprobs,
+            seeds=torch.tensor(rollout.seeds, dtype=torch.long),
+            images=images,
+            group=group,
+        )
+
+    def decode_images(self, image_ids: torch.Tensor) -> list[Image.Image]:
+        """(B, N) codes in raster order -> B RGB images."""
+        height, width = self.grid
+        if image_ids.shape[1] != height * width:
+            raise ValueError(
+                f"decode_images: {image_ids.shape[1]} codes per image, but rollout.dimoo."
+                f"image_size {self.settings.image_size} gives {height} x {width}"
+            )
+        codes = image_ids.reshape(-1, height, width)
+        batch = self.rollout_config.decode_batch_size
+        out: list[Image.Image] = []
+        with torch.no_grad():
+            for start in range(0, codes.shape[0], batch):
+                out += self.model.vq.decode(codes[start : start + batch])
+        return out
+
+    # ------------------------------------------------------------------ editing (ImgEdit)
+
+    def edit_images(
+        self,
+        images: Sequence[Image.Image],
+        instructions: Sequence[str],
+        *,
+        greedy: bool = False,
+        generator: torch.Generator | int | None = None,
+    ) -> list[Image.Image]:
+        """One edited image per (source, instruction), each source resized to `image_size`."""
+        from pairuni.policy.dimoo.sampling import sample_images
+        from pairuni.policy.dimoo.sequence import editing_layout
+
+        layout = editing_layout(
+            self.model.tokenizer,
+            list(instructions),
+            self._image_codes(images),
+            self.ids,
+            grid=self.grid,
+            device=self.device,
+        )
+        settings = ImageSampling(
+            steps=self.settings.image_steps,
+            guidance=self.settings.edit_text_guidance,
+            image_guidance=self.settings.edit_image_guidance,
+            temperature=0.0 if greedy else self.rollout_config.image_temperature,
+        )
+        with self._eval_mode():
+            rollout = sample_images(
+                self._logits, layout, settings, self._seeds(generator, len(images))
+            )
+        return self.decode_images(rollout.codes)
+
+    # ------------------------------------------------------------------ log-probs
+
+    def text_logprobs(self, rollout: DimooTextRollout) -> torch.Tensor:
+        """(B, L) log-probs of the answers under the configured estimator, with gradient."""
+        from pairuni.policy.dimoo.sequence import Layout
+
+        layout = Layout(task="understanding", ids=self.ids, cond=_branch(rollout, "seq"))
+        record = self._sampler_record(layout, rollout, rollout.completion_ids, "text")
+        return self._estimate(record, rollout.completion_mask)
+
+    def image_logprobs(self, rollout: DimooImageRollout) -> torch.Tensor:
+        """(B, N) log-probs of the image codes under the configured estimator, with gradient."""
+        from pairuni.policy.dimoo.sequence import Layout
+
+        settings = self.image_sampling()
+        layout = Layout(
+            task="text_to_image",
+            ids=self.ids,
+            cond=_branch(rollout, "seq"),
+            uncond_text=_branch(rollout, "uncond") if settings.guidance else None,
+            grid=self.grid,
+        )
+        tokens = rollout.image_ids + self.ids.image_offset
+        record = self._sampler_record(layout, rollout, tokens, "image")
+        return self._estimate(record, torch.ones_like(rollout.image_ids))
+
+    def _sampler_record(
+        self, layout: Layout, rollout: Any, tokens: torch.Tensor, kind: str
+    ) -> Rollout:
+        settings = self.text_sampling() if kind == "text" else self.image_sampling()
+        mask = rollout.completion_mask if kind == "text" else torch.ones_like(tokens)
+        return Rollout(
+            layout=layout,
+            settings=settings,
+            seeds=tuple(int(s) for s in rollout.seeds.tolist()),
+            tokens=tokens,
+            commit_step=rollout.commit_step,
+            logprobs=rollout.logprobs,
+            mask=mask,
+            input_ids=layout.cond.with_tokens(tokens),
+        )
+
+    def _estimate(self, record: Rollout, mask: torch.Tensor) -> torch.Tensor:
+        from pairuni.policy.dimoo import logprobs as estimators
+
+        name = self.settings.logprob
+        if name == "trajectory":
+            out = estimators.trajectory(
+                self._logits, record, shrink=self.settings.trajectory_shrink
+            )
+            return out.logprobs * mask
+        if name == "mean_field":
+            out = estimators.mean_field(self._logits, record, seeds=list(record.seeds))
+            return out.logprobs * mask
+        copies = self.settings.random_mask_copies
+        out = estimators.random_mask(
+            self._logits, record, seeds=list(record.seeds), copies=copies, coupled=True
+        )
+        # copy-major (B, copies * N); coupled: every token is scored once per pair of copies
+        per_copy = out.logprobs.reshape(out.logprobs.shape[0], copies, -1)
+        return per_copy.sum(1) / (copies // 2) * mask
+
+    @property
+    def recorded_logprobs_are_exact(self) -> bool:
+        """Whether the sampler's recorded log-probs equal what the estimator computes (only the
+        unshrunk trajectory replay): otherwise the trainer recomputes the old log-probs."""
+        return self.settings.logprob == "trajectory" and self.settings.trajectory_shrink == 1
