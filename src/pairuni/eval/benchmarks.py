@@ -26,29 +26,42 @@ from pairuni.eval.prompts import (
 )
 
 if TYPE_CHECKING:
+    from pairuni.eval.generation import BatchBudget, LazyPolicy
+    from pairuni.eval.outputs import RunPaths
     from pairuni.eval.results import BenchmarkResult
     from pairuni.eval.scoring import ScoringRun
 
-Family = Literal["understanding", "geneval", "wise"]
+Family = Literal["understanding", "geneval", "wise", "imgedit"]
 FAMILY_TITLES: dict[str, str] = {
     "understanding": "Understanding (paper Table 1)",
     "geneval": "GenEval (paper Table 3)",
     "wise": "WISE (paper Table 2)",
+    "imgedit": "ImgEdit (paper Table 4)",
 }
+
+
+Generate = Callable[["Benchmark", "RunPaths", "LazyPolicy", EvalConfig, "BatchBudget"], bool]
+CheckPolicy = Callable[["Benchmark", "RunPaths", "LazyPolicy"], None]
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchmarkSpec:
     """One benchmark: `load(root, cfg)` -> samples in loader order; `item(sample, cfg)` -> what
     the model is asked; `score(run)` -> the result; `family`: its table; `output`: what the model
-    writes (answers or images)."""
+    writes (answers, images, or edited images).
+
+    `generate` replaces the runner's answering / drawing (same arguments and result as
+    `generation.generate`); `check_policy(bench, paths, policy)` runs before anything is
+    generated and raises when the policy cannot do what the benchmark asks."""
 
     name: str
     family: Family
-    output: Literal["text", "images"]
+    output: Literal["text", "images", "edits"]
     load: Callable[[Path, EvalConfig], list[Any]]
     item: Callable[[Any, EvalConfig], UnderstandingItem | GenerationItem]
     score: Callable[[ScoringRun], BenchmarkResult]
+    generate: Generate | None = None
+    check_policy: CheckPolicy | None = None
 
 
 # --------------------------------------------------------------------------- loaders
@@ -88,6 +101,12 @@ def _load_wise(root: Path, cfg: EvalConfig) -> list[Any]:
     from pairuni.eval.wise import load_wise
 
     return list(load_wise(root, cfg.wise_set))
+
+
+def _load_imgedit(root: Path, cfg: EvalConfig) -> list[Any]:
+    from pairuni.eval.imgedit import load_imgedit
+
+    return load_imgedit(root)
 
 
 def _prompt_item(sample: Any, cfg: EvalConfig) -> GenerationItem:
@@ -149,6 +168,26 @@ def _score_wise(run: ScoringRun) -> BenchmarkResult:
     return score_wise_run(run)
 
 
+def _score_imgedit(run: ScoringRun) -> BenchmarkResult:
+    from pairuni.eval.imgedit import score_imgedit_run
+
+    return score_imgedit_run(run)
+
+
+def _generate_edits(
+    bench: Benchmark, paths: RunPaths, policy: LazyPolicy, cfg: EvalConfig, budget: BatchBudget
+) -> bool:
+    from pairuni.eval.imgedit import generate_edits
+
+    return generate_edits(bench, paths, policy, cfg, budget)
+
+
+def _check_editing_policy(bench: Benchmark, paths: RunPaths, policy: LazyPolicy) -> None:
+    from pairuni.eval.imgedit import check_editing_policy
+
+    check_editing_policy(bench, paths, policy)
+
+
 # --------------------------------------------------------------------------- the table
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
@@ -160,6 +199,16 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         BenchmarkSpec("pope", "understanding", "text", _load_pope, pope_item, _score_pope),
         BenchmarkSpec("geneval", "geneval", "images", _load_geneval, _prompt_item, _score_geneval),
         BenchmarkSpec("wise", "wise", "images", _load_wise, _prompt_item, _score_wise),
+        BenchmarkSpec(
+            "imgedit",
+            "imgedit",
+            "edits",
+            _load_imgedit,
+            _prompt_item,
+            _score_imgedit,
+            generate=_generate_edits,
+            check_policy=_check_editing_policy,
+        ),
     )
 }
 assert tuple(BENCHMARKS) == BENCHMARK_NAMES, "the table and the config's names must agree"

@@ -25,8 +25,9 @@ def eval_run(
     benchmarks: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated: mmmu,mmstar,mme,pope,geneval,wise. Default: eval.benchmarks "
-            "(with --rescore: every benchmark the run has outputs for)."
+            help="Comma-separated: mmmu,mmstar,mme,pope,geneval,wise,imgedit. Default: "
+            "eval.benchmarks, the first six (with --rescore: every benchmark the run has "
+            "outputs for). imgedit needs a backend that edits images (model.backend dimoo)."
         ),
     ] = None,
     out: Annotated[
@@ -46,16 +47,24 @@ def eval_run(
     name: Annotated[
         str | None, typer.Option(help="Model name in the tables (default: the checkpoint folder).")
     ] = None,
+    judge_prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help="ImgEdit judge prompts, JSON {edit type: text} (eval.imgedit.judge_prompts): "
+            "the official Benchmark/Basic/prompts.json, which published numbers need."
+        ),
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Evaluate a checkpoint on MMMU, MMStar, MME, POPE, GenEval and WISE, or compare two runs.
+    """Evaluate a checkpoint on MMMU, MMStar, MME, POPE, GenEval, WISE (and ImgEdit), or compare
+    two runs.
 
     Generates (batched; resumes after a kill), scores, and writes OUT/results.json and
     OUT/results.md (docs/eval.md). The settings are the `eval` config section (docs/config.md):
     the paper's CFG 5 and temperature 1 for images, 4 images per GenEval prompt, greedy answers.
-    GenEval needs eval.detector (owlv2 with eval.detector_dir, or shapes); WISE needs the judge's
-    API key.
+    GenEval needs eval.detector (owlv2 with eval.detector_dir, or shapes); WISE and ImgEdit need
+    their judge's API key.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -70,6 +79,8 @@ def eval_run(
     try:
         if limit is not None:
             cfg.eval.limit = limit
+        if judge_prompts is not None:
+            cfg.eval.imgedit.judge_prompts = judge_prompts
         outcome = run_eval(
             cfg.eval,
             model_path=str(model) if model is not None else None,

@@ -10,13 +10,17 @@ from pydantic import Field, field_validator, model_validator
 from pairuni.configbase import Section
 from pairuni.eval.answers import AnswerSpan
 from pairuni.eval.geneval import GenEvalRules
+from pairuni.eval.imgedit_judge import ImgEditConfig
 from pairuni.eval.mmstar import MMStarMatching
 from pairuni.eval.wise import JudgeConfig
 from pairuni.policy.config import DEFAULT_UND_TEMPLATE, RolloutConfig
 
-BenchmarkName = Literal["mmmu", "mmstar", "mme", "pope", "geneval", "wise"]
-BENCHMARK_NAMES: tuple[str, ...] = ("mmmu", "mmstar", "mme", "pope", "geneval", "wise")
+BenchmarkName = Literal["mmmu", "mmstar", "mme", "pope", "geneval", "wise", "imgedit"]
+BENCHMARK_NAMES: tuple[str, ...] = ("mmmu", "mmstar", "mme", "pope", "geneval", "wise", "imgedit")
 """Every benchmark `pairuni eval` knows, in the paper's order."""
+DEFAULT_BENCHMARKS: tuple[str, ...] = BENCHMARK_NAMES[:6]
+"""What `pairuni eval` runs by default: the six that every backend can answer (ImgEdit needs a
+backend that edits images, so it is asked for by name)."""
 
 
 class EvalRolloutConfig(RolloutConfig):
@@ -56,8 +60,8 @@ class EvalConfig(Section):
 
     # A str default (validated into a Path) so that the docs renderer can print it.
     data_root: Path = Field("data/benchmarks")
-    """Directory holding one folder per benchmark (mmmu, mmstar, mme, pope, geneval, wise).
-    Each `*_dir` below that is `null` means `<data_root>/<benchmark>`."""
+    """Directory holding one folder per benchmark (mmmu, mmstar, mme, pope, geneval, wise,
+    imgedit). Each `*_dir` below that is `null` means `<data_root>/<benchmark>`."""
 
     mmmu_dir: Path | None = None
     """MMMU parquet release (one folder per subject). `null`: `<data_root>/mmmu`."""
@@ -78,6 +82,11 @@ class EvalConfig(Section):
     wise_dir: Path | None = None
     """WISE: a clone of PKU-YuanGroup/WISE, or the folder holding the chosen set's JSON files
     (`eval.wise_set`). `null`: `<data_root>/wise`."""
+
+    imgedit_dir: Path | None = None
+    """ImgEdit Basic bench: a folder holding basic_edit.json (or a clone of PKU-YuanGroup/ImgEdit)
+    and the source images of the release's Benchmark.tar (`singleturn/`). `null`:
+    `<data_root>/imgedit`."""
 
     wise_set: Literal["original", "rewrite", "verified"] = "original"
     """Which WISE prompts to load from `wise_dir`: `original` (the paper's and the GPT-4o
@@ -109,11 +118,16 @@ class EvalConfig(Section):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     """The OpenAI-compatible judge of WISE."""
 
+    imgedit: ImgEditConfig = Field(default_factory=ImgEditConfig)
+    """ImgEdit's judge (an OpenAI-compatible endpoint of its own), its prompts and how many
+    unreadable verdicts a run may leave out."""
+
     # ----------------------------------------------------------------- the runner (`pairuni eval`)
 
-    benchmarks: list[BenchmarkName] = Field(default_factory=lambda: list(BENCHMARK_NAMES))
+    benchmarks: list[BenchmarkName] = Field(default_factory=lambda: list(DEFAULT_BENCHMARKS))
     """Benchmarks `pairuni eval` runs when `--benchmarks` is not given, in the paper's order:
-    mmmu, mmstar, mme, pope (Table 1), geneval (Table 3), wise (Table 2)."""
+    mmmu, mmstar, mme, pope (Table 1), geneval (Table 3), wise (Table 2). `imgedit` (Table 4,
+    image editing) is run only when named, since it needs a backend that edits images."""
 
     out_dir: Path | None = None
     """Where a run writes its outputs (`--out`): `<benchmark>/predictions.jsonl`, generated images,

@@ -97,16 +97,26 @@ def run_eval(
     lazy = LazyPolicy(policy_factory(policy, path_text, model_config, cfg))
     if not rescore:
         start_run(paths, settings, path_text, policy is not None)
+        check_policy(loaded, paths, lazy)
     budget = BatchBudget(max_batches)
     results = read_results(paths, settings)
     finish_settings(results, paths, cfg, name)
     with eval_sampling(policy, cfg):
         for bench in loaded:
-            if not rescore and not generate(bench, paths, lazy, cfg, budget):
+            make = bench.spec.generate or generate
+            if not rescore and not make(bench, paths, lazy, cfg, budget):
                 return EvalOutcome(results, True, budget.used, paths)
             record_result(bench, paths, cfg, judges, rescore, results)
             write_results(paths, results)
     return EvalOutcome(results, False, budget.used, paths)
+
+
+def check_policy(loaded: Sequence[Benchmark], paths: RunPaths, lazy: LazyPolicy) -> None:
+    """The benchmarks' own checks of the policy (ImgEdit: it must edit images), before any
+    benchmark generates."""
+    for bench in loaded:
+        if bench.spec.check_policy is not None:
+            bench.spec.check_policy(bench, paths, lazy)
 
 
 def record_result(
@@ -176,6 +186,9 @@ def finish_settings(
     settings["detector"] = cfg.detector
     settings["judge_model"] = cfg.judge.model
     settings["judge_missing_scores"] = cfg.judge.missing_scores
+    settings["imgedit_judge_model"] = cfg.imgedit.judge.model
+    prompts = cfg.imgedit.judge_prompts
+    settings["imgedit_judge_prompts"] = str(prompts) if prompts is not None else "pairuni"
     settings["mmmu_seed"] = cfg.mmmu_seed
     settings["answer_span"] = cfg.answer_span
     settings["mmstar_matching"] = cfg.mmstar_matching

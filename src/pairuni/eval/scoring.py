@@ -19,6 +19,7 @@ from pairuni.eval.outputs import RunPaths, read_generated
 if TYPE_CHECKING:
     from pairuni.eval.detectors import ColorClassifier, Detector
     from pairuni.eval.geneval import GenEvalPrompt
+    from pairuni.eval.imgedit_judge import ImgEditJudge
     from pairuni.eval.results import BenchmarkResult
     from pairuni.eval.wise import WiseJudge, WisePrompt
 
@@ -30,6 +31,8 @@ class Judges:
     detector: Detector | None = None
     color_classifier: ColorClassifier | None = None
     judge: WiseJudge | None = None
+    editing: ImgEditJudge | None = None
+    """ImgEdit's judge (`eval.imgedit.judge`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +152,8 @@ def build_judges(
     detector: Detector | None = None,
     judge: WiseJudge | None = None,
 ) -> Judges:
-    """The GenEval detector (and colour classifier) and the WISE judge the benchmarks need, or an
-    error naming the missing config key. Runs before any generation."""
+    """The GenEval detector (and colour classifier), the WISE judge and the ImgEdit judge the
+    benchmarks need, or an error naming the missing config key. Runs before any generation."""
     names = {b.name for b in benchmarks}
     judges = Judges(detector=detector, judge=judge)
     if "geneval" in names and judges.detector is None:
@@ -160,6 +163,10 @@ def build_judges(
             judges.color_classifier = build_color_classifier(cfg, device)
     if "wise" in names and judges.judge is None:
         judges.judge = build_judge(cfg)
+    if "imgedit" in names:
+        from pairuni.eval.imgedit_judge import build_imgedit_judge
+
+        judges.editing = build_imgedit_judge(cfg)
     return judges
 
 

@@ -24,6 +24,8 @@ SCORING_KEYS = (
     "answer_span",
     "mmstar_matching",
     "judge_missing_scores",
+    "imgedit_judge_model",
+    "imgedit_judge_prompts",
 )
 """Settings that change only how outputs are scored (`--rescore` may change them)."""
 
@@ -40,6 +42,8 @@ def result_entry(name: str, result: BenchmarkResult, count: int) -> dict[str, An
     }
     if "official_overall" in result.details:  # WISE: is Overall the official script's number?
         entry["official_overall"] = bool(result.details["official_overall"])
+    if "judge_prompts" in result.details:  # ImgEdit: official, pairuni's or custom prompts
+        entry["judge_prompts"] = str(result.details["judge_prompts"])
     return entry
 
 
@@ -90,6 +94,8 @@ SETTING_LABELS = (
     ("judge_model", "WISE judge"),
     ("judge_missing_scores", "WISE: a reply missing a score"),
     ("wise_set", "WISE prompt set"),
+    ("imgedit_judge_model", "ImgEdit judge"),
+    ("imgedit_judge_prompts", "ImgEdit judge prompts"),
     ("pairuni_version", "pairuni"),
     ("commit", "Commit"),
 )
@@ -140,6 +146,10 @@ def family_note(family: str, results: Mapping[str, Any]) -> list[str]:
         return lines
     if family == "wise":
         return wise_notes(results)
+    if family == "imgedit":
+        from pairuni.eval.imgedit import imgedit_notes
+
+        return imgedit_notes(results)
     if family == "understanding":
         protocol = settings.get("protocol", "official")
         source = {
