@@ -218,8 +218,8 @@ def run_step(args: argparse.Namespace, lora: bool, work: Path) -> dict[str, Any]
         "step_seconds": step_s,
         "phases": phases.rows,
         "loss": metrics.get("loss"),
-        "answer_tokens": int(rollouts.und.completion_mask.sum()),
-        "image_tokens": int(rollouts.gen.image_ids.numel()),
+        "answer_tokens": int(rollouts["und"].rollout.completion_mask.sum()),
+        "image_tokens": int(rollouts["gen"].rollout.image_ids.numel()),
     }
     if args.gpu:
         out.update(hf_images_per_second(policy, args.k))

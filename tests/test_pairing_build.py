@@ -70,7 +70,7 @@ def _cfg(root, **overrides) -> PairingConfig:
                 "columns": {"id": "qid", "question": "problem"},
             },
             "features": {"extractor": "pixels", "cache_dir": str(root / "cache")},
-            "select": {"num_clusters": 3, "batch_size": 8},
+            "select": {"num_clusters": 3},
             "retrieve": {"threshold": 0.8},
         }
     )
@@ -256,7 +256,7 @@ def test_shapesworld_oracle_complete_then_build(tmp_path):
             "sources": {"understanding": [str(und_path)], "generation": [str(gen_path)]},
             "complete": {"backend": "oracle", "cache_dir": str(tmp_path / "ccache")},
             "features": {"extractor": "pixels", "cache_dir": str(tmp_path / "fcache")},
-            "select": {"num_clusters": 6, "batch_size": 16},
+            "select": {"num_clusters": 6},
             "retrieve": {"threshold": 0.3},
         }
     }
@@ -427,7 +427,7 @@ def test_both_tasks_in_one_completion_file_with_colliding_ids(tmp_path):
             "sources": {"understanding": [str(und_path)], "generation": [str(gen_path)]},
             "complete": {"backend": "oracle", "cache_dir": str(tmp_path / "ccache")},
             "features": {"extractor": "pixels", "cache_dir": str(tmp_path / "fcache")},
-            "select": {"num_clusters": 6, "batch_size": 16},
+            "select": {"num_clusters": 6},
             "retrieve": {"threshold": 0.3},
         }
     }

@@ -107,7 +107,7 @@ def test_second_iteration_uses_rollout_logprobs_as_old_and_clips(
     batch = trainer._sample_batch(0)
     rollouts = trainer._rollout(batch)
     advantages = trainer._advantages(batch, trainer._score(batch, rollouts))
-    assert trainer._old_logprobs("und", rollouts.und) is rollouts.und.logprobs
+    assert trainer._old_logprobs(rollouts["und"]) is rollouts["und"].rollout.logprobs
     first = trainer._update(rollouts, advantages, 0)
     second = trainer._update(rollouts, advantages, 1)
     # first update: teacher forcing reproduces the sampling log-probs, so the ratio is ~1
@@ -123,7 +123,7 @@ def test_single_iteration_is_exactly_on_policy(assets: dict[str, Path], tmp_path
     batch = trainer._sample_batch(0)
     rollouts = trainer._rollout(batch)
     advantages = trainer._advantages(batch, trainer._score(batch, rollouts))
-    assert trainer._old_logprobs("gen", rollouts.gen) is None
+    assert trainer._old_logprobs(rollouts["gen"]) is None
     metrics = trainer._update(rollouts, advantages, 0)
     assert metrics["und/ratio/min"] == metrics["und/ratio/max"] == 1.0
 
@@ -209,10 +209,10 @@ def test_grad_cosine_matches_separately_computed_task_gradients(
     def task_grad(task: str) -> torch.Tensor:
         # the whole task batch at once, with no accumulation, normalisers or the trainer's loop
         if task == "und":
-            ro = rollouts.und
+            ro = rollouts["und"].rollout
             logp, mask = trainer.policy.text_logprobs(ro), ro.completion_mask.bool()
         else:
-            ro = rollouts.gen
+            ro = rollouts["gen"].rollout
             logp = trainer.policy.image_logprobs(ro)
             mask = torch.ones_like(logp, dtype=torch.bool)
         tb = TaskBatch(logp, mask, advantages[task].advantages)

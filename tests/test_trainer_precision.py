@@ -175,9 +175,9 @@ def test_first_update_ratio_is_exactly_one_under_bf16(
     rollouts = trainer._rollout(batch)
     advantages = trainer._advantages(batch, trainer._score(batch, rollouts))
     # the sampler's bf16 log-probs are not the teacher-forced ones (what the recompute fixes)
-    recomputed = trainer._old_logprobs("gen", rollouts.gen)
-    assert recomputed is not rollouts.gen.logprobs
-    assert not torch.equal(recomputed, rollouts.gen.logprobs)
+    recomputed = trainer._old_logprobs(rollouts["gen"])
+    assert recomputed is not rollouts["gen"].rollout.logprobs
+    assert not torch.equal(recomputed, rollouts["gen"].rollout.logprobs)
     first = trainer._update(rollouts, advantages, 0)
     for task in ("und", "gen"):
         assert first[f"{task}/ratio/min"] == first[f"{task}/ratio/max"] == 1.0, first

@@ -109,15 +109,14 @@ def expected(step: Step, task: str) -> torch.Tensor:
 
 
 def test_every_rollout_row_knows_its_pair(step: Step) -> None:
-    for task, rollout, slots in (
-        ("und", step.rollouts.und, step.rollouts.und_slots),
-        ("gen", step.rollouts.gen, step.rollouts.gen_slots),
-    ):
-        assert rollout is not None and slots is not None
+    assert [task.spec.key for task in step.rollouts] == ["und", "gen"]
+    for task in step.rollouts:
+        rollout, slots = task.rollout, task.slots
+        assert task.spec.num_samples == K[task.spec.key]
         # row r of a task belongs to pair r // K: the K samples of a pair are consecutive
-        want = [p for p in range(PAIRS_PER_STEP) for _ in range(K[task])]
-        assert slots.tolist() == want, task
-        assert rollout.group.tolist() == want, task  # the policy's own record agrees
+        want = [p for p in range(PAIRS_PER_STEP) for _ in range(K[task.spec.key])]
+        assert slots.tolist() == want, task.spec.key
+        assert rollout.group.tolist() == want, task.spec.key  # the policy's own record agrees
 
 
 def test_advantages_are_normalised_per_pair_and_weighted_on_both_tasks(step: Step) -> None:
@@ -144,11 +143,11 @@ def test_the_backpropagated_loss_uses_those_advantages(
     step: Step, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trainer, rollouts = step.trainer, step.rollouts
-    assert rollouts.und is not None and rollouts.gen is not None
+    und_ro, gen_ro = rollouts["und"].rollout, rollouts["gen"].rollout
     # the gradient of the objective on the hand advantages, both tasks' whole batches at once
-    und_logp = trainer.policy.text_logprobs(rollouts.und)
-    gen_logp = trainer.policy.image_logprobs(rollouts.gen)
-    und = TaskBatch(und_logp, rollouts.und.completion_mask.bool(), expected(step, "und"))
+    und_logp = trainer.policy.text_logprobs(und_ro)
+    gen_logp = trainer.policy.image_logprobs(gen_ro)
+    und = TaskBatch(und_logp, und_ro.completion_mask.bool(), expected(step, "und"))
     gen = TaskBatch(gen_logp, torch.ones_like(gen_logp, dtype=torch.bool), expected(step, "gen"))
     want = flat_grad(pairgrpo_loss(und, gen, trainer.algo).loss, trainer.params)
     assert want.norm() > 0

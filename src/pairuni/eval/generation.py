@@ -69,11 +69,11 @@ def eval_sampling(policy: Any, cfg: EvalConfig) -> Iterator[None]:
 
 
 def load_policy(model_path: str, model_config: ModelConfig, cfg: EvalConfig) -> UnifiedPolicy:
-    """The Janus policy of a checkpoint directory (or LoRA adapter folder), set up for
-    evaluation."""
-    from pairuni.policy.janus import JanusPolicy
+    """The policy of a checkpoint directory (or LoRA adapter folder), with its backend
+    (`model.backend`), set up for evaluation."""
+    from pairuni.policy.registry import load_policy as load
 
-    return JanusPolicy.load(model_path, model_config, rollout_config_for(cfg))
+    return load(model_path, model_config, rollout_config_for(cfg))
 
 
 class LazyPolicy:

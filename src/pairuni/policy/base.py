@@ -8,6 +8,17 @@ micro-batches with `rollout[i:j]` or `rollout.split(size)`.
 
 Shapes: B rows (= prompts x K samples), P prompt tokens (left-padded), L completion tokens,
 N image tokens per image.
+
+Two protocols: `UnifiedPolicy` is what the evaluators and commands sample through;
+`TrainablePolicy` adds what the trainer needs (device, pad id, train/eval mode, the reference
+model, master-weight casting, the module and its FSDP units), so that the trainer drives every
+backend through the same members and never reads a backend's attributes. A backend's records may
+be its own `RolloutBatch` subclasses; the trainer reads only these fields of them:
+
+    every record   group (B,), logprobs (B, T) float32: the sampling log-probs
+    text records   completion_mask (B, L): 1 on the tokens of the answer (through its end token),
+                   texts: B decoded answers
+    image records  images: B decoded images (T = N: every image token is in the loss)
 """
 
 from __future__ import annotations
@@ -15,13 +26,31 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
 R = TypeVar("R", bound="RolloutBatch")
+
+Task = Literal["understanding", "generation"]
+"""The two tasks, as the rewards and the policies name them."""
+
+
+def pad_cat(tensors: Sequence[torch.Tensor], value: float, left: bool) -> torch.Tensor:
+    """Concatenate (B_i, T_i) tensors along dim 0, padding dim 1 to the longest on one side."""
+    import torch
+
+    width = max(t.shape[1] for t in tensors)
+    padded = []
+    for t in tensors:
+        pad = width - t.shape[1]
+        if pad:
+            filler = t.new_full((t.shape[0], pad), value)
+            t = torch.cat([filler, t] if left else [t, filler], dim=1)
+        padded.append(t)
+    return torch.cat(padded)
 
 
 @dataclasses.dataclass
@@ -74,6 +103,44 @@ class RolloutBatch:
             for v in [getattr(self, f.name)]
         }
         return type(self)(**values)
+
+    @classmethod
+    def pad_rule(cls, name: str, pad_id: int) -> tuple[float, bool]:
+        """(fill value, pad on the left?) of the 2-D field `name` when records of different
+        widths are concatenated. Prompts (`prompt_*`) are left-padded (ids with `pad_id`, masks
+        with 0); everything else is right-padded, `completion_ids` / `image_ids` with `pad_id`,
+        the rest with 0 (masks, log-probs). A backend whose fields need other fills overrides
+        this."""
+        if name.startswith("prompt"):
+            return (pad_id if name == "prompt_ids" else 0), True
+        return (pad_id if name in ("completion_ids", "image_ids") else 0), False
+
+    @classmethod
+    def concat(cls: type[R], parts: Sequence[R], pad_id: int) -> R:
+        """One record from several rollout calls: 2-D fields padded to the widest (`pad_rule`),
+        lists joined, `group` offset so that the calls' groups stay distinct."""
+        import torch
+
+        if len(parts) == 1:
+            return parts[0]
+        values: dict[str, Any] = {}
+        groups, offset = [], 0
+        for part in parts:
+            groups.append(part.group + offset)  # type: ignore[attr-defined]
+            offset += int(part.group.max()) + 1  # type: ignore[attr-defined]
+        for field in dataclasses.fields(parts[0]):
+            name = field.name
+            items = [getattr(p, name) for p in parts]
+            if name == "group":
+                values[name] = torch.cat(groups)
+            elif isinstance(items[0], list):
+                values[name] = [x for item in items for x in item]
+            elif items[0].dim() == 2:
+                value, left = cls.pad_rule(name, pad_id)
+                values[name] = pad_cat(items, value, left=left)
+            else:
+                values[name] = torch.cat(items)
+        return cls(**values)
 
 
 @dataclasses.dataclass
@@ -163,9 +230,117 @@ class UnifiedPolicy(Protocol):
         """Trainable parameters by module name (for per-module learning rates)."""
         ...
 
-    def save(self, out_dir: str | Path) -> None:
-        """Write a checkpoint that `load` (and the real-checkpoint loader) reads back."""
+    def save(self, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write a checkpoint that the backend's loader (`policy.registry`) reads back.
+        `state_dict`: weights to write instead of the policy's own, keyed like
+        `TrainablePolicy.module.state_dict()` (the trainer passes the full state gathered from
+        FSDP shards)."""
         ...
+
+
+class LogProbScorer(Protocol):
+    """Teacher-forced log-probs of rollout records: a policy, or its reference model."""
+
+    def text_logprobs(self, rollout: Any) -> torch.Tensor:
+        """(B, L) log-probs of the completions; 0 where masked."""
+        ...
+
+    def image_logprobs(self, rollout: Any) -> torch.Tensor:
+        """(B, N) log-probs of the image tokens."""
+        ...
+
+
+@dataclasses.dataclass
+class FsdpLayout:
+    """How FSDP2 shards a policy's `module` (`TrainablePolicy.fsdp_layout`).
+
+    FSDP gathers a unit's parameters only in that unit's own forward, and a policy calls
+    sub-modules directly rather than one `forward`, so every module the policy calls must be a
+    unit (or inside one); the whole `module` becomes the root last.
+    """
+
+    units: list[torch.nn.Module | list[torch.nn.Module]]
+    """The units in the order they are wrapped; a list is several modules sharing one unit
+    (e.g. an embedding tied to the output head: one parameter lives in one unit only)."""
+    replicated: list[torch.nn.Module]
+    """Modules the root leaves unsharded (frozen ones, or ones called outside a forward)."""
+
+
+@runtime_checkable
+class TrainablePolicy(UnifiedPolicy, Protocol):
+    """What the trainer needs beyond sampling and log-probs; backends loaded through
+    `policy.registry` for training implement it."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where the policy computes: its records' tensors and the rollout generators live
+        there, and the trainer's autocast runs on its type."""
+        ...
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights that produce the logits (the language model's)."""
+        ...
+
+    @property
+    def pad_id(self) -> int:
+        """The token id that pads id fields when records are concatenated
+        (`RolloutBatch.concat`)."""
+        ...
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The policy's whole trainable model as one module: what FSDP wraps as its root and
+        whose `state_dict()` keys the `state_dict` passed to `save`."""
+        ...
+
+    def train(self, mode: bool = True) -> None:
+        """Put the model in training mode (`mode=False`: eval mode). The trainer does so only
+        for the loss's forward passes, and only when dropout or gradient checkpointing needs
+        it; rollouts, old and reference log-probs run in eval mode."""
+        ...
+
+    def eval(self) -> None:
+        """Put the model in eval mode (the state it is loaded in)."""
+        ...
+
+    def cast_trainable(self, dtype: torch.dtype) -> int:
+        """Hold the trainable parameters (those of `parameter_groups`) in `dtype`, in place
+        (the same Parameter objects: ties survive); frozen ones keep theirs. Returns the number
+        of elements whose dtype changed."""
+        ...
+
+    def reference(self, dtype: str | None = None) -> LogProbScorer:
+        """pi_ref of the KL term (`algo.beta > 0`): the INITIAL model, frozen, in eval mode.
+        Either a view sharing this policy's weights (a LoRA policy with its adapters disabled)
+        or a frozen copy of the initial checkpoint (`model.path`, also when resuming) on this
+        policy's device, held in `dtype` (a `model.dtype` name; None: `model.dtype`)."""
+        ...
+
+    def recorded_logprobs_are_exact(self, task: Task) -> bool:
+        """Whether the rollout records' `logprobs` for `task` are, in float32, exactly what
+        `text_logprobs` / `image_logprobs` compute for them (same distribution, same
+        estimator). If not, the trainer recomputes pi_old with those functions before the
+        first update of a step (`algo.num_iterations > 1`)."""
+        ...
+
+    def fsdp_layout(self, trainable: Sequence[str]) -> FsdpLayout:
+        """The FSDP units of `module` when `trainable` (`model.trainable`) trains, for
+        `train.sharding: fsdp`. A backend that cannot be sharded raises NotImplementedError
+        with the reason."""
+        ...
+
+
+def missing_members(policy: object, protocol: type = TrainablePolicy) -> list[str]:
+    """The public members of `protocol` (and its base protocols) that `policy` lacks."""
+    names = {
+        name
+        for klass in protocol.__mro__
+        if getattr(klass, "_is_protocol", False) and klass is not Protocol
+        for name in vars(klass)
+        if not name.startswith("_")
+    }
+    return sorted(name for name in names if not hasattr(policy, name))
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ import typer
 from pairuni.cliutils import ConfigOption, SetOption, fail, load_config_or_exit
 
 if TYPE_CHECKING:
-    from pairuni.policy.janus import JanusPolicy
+    from pairuni.policy.base import UnifiedPolicy
 
 ModelOption = Annotated[
     Path | None,
@@ -47,12 +47,13 @@ def _load_policy(
     set_: list[str] | None,
     model_updates: dict[str, Any],
     rollout_updates: dict[str, Any],
-) -> JanusPolicy:
+) -> UnifiedPolicy:
     """The run config (defaults <- file <- --set <- these options) -> a loaded policy."""
     from pydantic import ValidationError
 
     from pairuni.policy.config import ModelConfig, RolloutConfig
-    from pairuni.policy.janus import CheckpointError, JanusPolicy
+    from pairuni.policy.janus import CheckpointError
+    from pairuni.policy.registry import load_policy
 
     cfg = load_config_or_exit(config, set_)
     updates = {k: v for k, v in model_updates.items() if v is not None}
@@ -67,7 +68,7 @@ def _load_policy(
     if model_cfg.path is None:
         fail("no checkpoint: pass --model DIR (or set model.path in the config)")
     try:
-        return JanusPolicy.load(model_cfg.path, model_cfg, rollout_cfg)
+        return load_policy(model_cfg.path, model_cfg, rollout_cfg)
     except (CheckpointError, ValueError) as err:
         fail(str(err))
 

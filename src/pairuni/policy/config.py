@@ -73,9 +73,15 @@ class LoraConfig(Section):
 
 
 class ModelConfig(Section):
-    """The policy checkpoint: a local directory in the Hugging Face format of
-    `deepseek-community/Janus-Pro-1B` / `-7B` (loaded with transformers' native
+    """The policy checkpoint: for `backend: janus` a local directory in the Hugging Face format
+    of `deepseek-community/Janus-Pro-1B` / `-7B` (loaded with transformers' native
     `JanusForConditionalGeneration`, never `trust_remote_code`)."""
+
+    backend: Literal["auto", "janus", "dimoo"] = "auto"
+    """The model family, i.e. the policy backend that loads `path` (`pairuni.policy.registry`):
+    `janus` (autoregressive Janus / Janus-Pro), `dimoo` (Lumina-DiMOO, masked discrete
+    diffusion, docs/dimoo.md) or `auto` (from the checkpoint's config.json: `model_type: janus`
+    or `llada`; a LoRA adapter folder is Janus's)."""
 
     path: str | None = None
     """Checkpoint directory (config.json, safetensors weights, tokenizer, processor config).

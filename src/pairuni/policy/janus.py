@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pairuni.policy.base import ImageRollout, TextRollout
+from pairuni.policy.base import FsdpLayout, ImageRollout, TextRollout
 from pairuni.policy.config import ModelConfig, RolloutConfig
 from pairuni.policy.images import to_pil
 
@@ -470,12 +470,17 @@ class JanusPolicy:
         config = self.model_config.model_copy(update={"lora": None})
         return JanusPolicy(model, self.processor, config, self.rollout_config)
 
-    def reference(self) -> ReferenceView:
-        """pi_ref for the KL term when the policy carries LoRA adapters: the same weights with
-        the adapters disabled (no second copy of the model)."""
-        if self.peft is None:
-            raise ValueError("reference() needs LoRA adapters; load a frozen copy instead")
-        return ReferenceView(self)
+    def reference(self, dtype: str | None = None) -> ReferenceView | JanusPolicy:
+        """pi_ref for the KL term (`TrainablePolicy.reference`): with LoRA adapters the same
+        weights with the adapters disabled (no second copy); otherwise a frozen copy of the
+        initial checkpoint `model_config.path` in `dtype` (default `model_config.dtype`), on
+        this policy's configured device, in eval mode."""
+        if self.peft is not None:
+            return ReferenceView(self)
+        config = self.model_config.model_copy(update={"dtype": dtype or self.model_config.dtype})
+        ref = JanusPolicy.load(config.path, config, self.rollout_config, for_training=True)
+        ref.model.requires_grad_(False)
+        return ref
 
     # ------------------------------------------------------------------ parameters
 
@@ -521,6 +526,45 @@ class JanusPolicy:
     @property
     def dtype(self) -> torch.dtype:
         return self.model.lm_head.weight.dtype
+
+    @property
+    def pad_id(self) -> int:
+        return self.ids.pad
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The whole `JanusForConditionalGeneration` (with LoRA: the model the adapters are
+        injected in, whose state dict `save` hands to peft)."""
+        return self.model
+
+    def train(self, mode: bool = True) -> None:
+        self.model.train(mode)
+
+    def eval(self) -> None:
+        self.model.eval()
+
+    def recorded_logprobs_are_exact(self, task: str) -> bool:
+        """Text: always (the same softmax(logits / T)). Images: only with `cfg_in_logprob`
+        (otherwise the loss scores the conditional branch, not the CFG mix sampled from)."""
+        return task == "understanding" or self.rollout_config.cfg_in_logprob
+
+    def fsdp_layout(self, trainable: Sequence[str]) -> FsdpLayout:
+        """Each decoder layer, the input embeddings (with `lm_head` when tied), `lm_head`, the
+        language model (its final norm), then each optional module the policy calls directly
+        if it trains; frozen ones and the VQ model (called through `decode_image_tokens`, not a
+        forward) stay replicated."""
+        lm = self.model.get_submodule("model.language_model")
+        embed, head = lm.get_submodule("embed_tokens"), self.model.get_submodule("lm_head")
+        units: list[Any] = list(lm.get_submodule("layers"))
+        units += [[embed, head]] if head.weight is embed.weight else [embed, head]
+        units.append(lm)
+        replicated = [self.model.get_submodule("model.vqmodel")]
+        for name, paths in TRAINABLE_MODULES.items():
+            if name in ("language_model", "vqmodel"):
+                continue
+            module = self.model.get_submodule(paths[0])
+            (units if name in trainable else replicated).append(module)
+        return FsdpLayout(units, replicated)
 
     @property
     def vision_dtype(self) -> torch.dtype:

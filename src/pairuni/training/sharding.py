@@ -9,10 +9,10 @@
            (ZeRO stage 3). Gradients are reduce-scattered by FSDP (as a SUM: every micro-batch
            loss is already a share of the global loss), so the trainer's all-reduce is skipped.
 
-The policy calls sub-modules directly (the language model, `lm_head`, the input embeddings, the
-generation head...) rather than one `forward`, so every module it calls is its own FSDP unit and
-the root (the whole model) is initialised explicitly: FSDP only gathers a unit's parameters in
-that unit's own forward hook.
+A policy calls sub-modules directly (for Janus: the language model, `lm_head`, the input
+embeddings, the generation head...) rather than one `forward`, so every module it calls is its own
+FSDP unit (the policy lists them: `TrainablePolicy.fsdp_layout`) and the root (the whole model) is
+initialised explicitly: FSDP only gathers a unit's parameters in that unit's own forward hook.
 
 Checkpoints have the same format in every mode: the full model in Hugging Face format (gathered on
 rank 0 under FSDP) and the full AdamW state keyed by parameter index, as `optimizer.state_dict()`
@@ -25,27 +25,18 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from pairuni.training.distributed import Collective
 
+if TYPE_CHECKING:
+    from pairuni.policy.base import FsdpLayout, TrainablePolicy
+
 logger = logging.getLogger(__name__)
 
 Sharding = Literal["none", "zero1", "fsdp"]
-
-# Modules of JanusForConditionalGeneration the policy calls directly (besides the language model's
-# decoder layers, the input embeddings and lm_head, which are always sharded under FSDP). A frozen
-# one stays replicated: it has no gradient or optimiser state, and sharding it would only add an
-# all-gather to every call.
-FSDP_OPTIONAL_UNITS = {
-    "generation_head": "model.generation_head",
-    "generation_embeddings": "model.generation_embeddings",
-    "generation_aligner": "model.generation_aligner",
-    "aligner": "model.aligner",
-    "vision_model": "model.vision_model",
-}
 
 
 class ShardingError(ValueError):
@@ -121,18 +112,19 @@ class ShardingPlan:
 
     # ------------------------------------------------------------------ FSDP
 
-    def wrap(self, policy: Any, trainable: list[str]) -> None:
-        """Apply FSDP2 to the policy's model in place (no-op unless sharding is fsdp)."""
+    def wrap(self, policy: TrainablePolicy, trainable: list[str]) -> None:
+        """Apply FSDP2 to the policy's module in place (no-op unless sharding is fsdp)."""
         if self.effective != "fsdp":
             return
-        model = getattr(policy, "model", None)
-        if not isinstance(model, torch.nn.Module) or not hasattr(model, "lm_head"):
+        try:
+            layout = policy.fsdp_layout(trainable)
+        except NotImplementedError as err:
             raise ShardingError(
-                f"train.sharding: fsdp needs a JanusPolicy (got {type(policy).__name__}); use "
-                "train.sharding: zero1 or none for other policies"
-            )
-        self.model = model
-        self.units = shard_janus(model, self.dist, trainable)
+                f"train.sharding: fsdp cannot shard {type(policy).__name__} ({err}); use "
+                "train.sharding: zero1 or none"
+            ) from err
+        self.model = policy.module
+        self.units = shard_module(self.model, layout, self.dist)
 
     @contextlib.contextmanager
     def gathered_for_rollout(self, enabled: bool = True) -> Iterator[None]:
@@ -251,13 +243,10 @@ def by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
     return {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
 
 
-def shard_janus(model: torch.nn.Module, dist: Collective, trainable: list[str]) -> list[Any]:
-    """`fully_shard` every module the policy calls, then the whole model as the root.
-
-    Units: each decoder layer, the input embeddings (with `lm_head` when tied), `lm_head`, the
-    language model (its final norm), and the optional modules in `trainable`. Frozen optional
-    modules and the VQ model stay replicated (`ignored_params`). Gradients are reduced as a SUM
-    in float32. Returns the units, root last.
+def shard_module(model: torch.nn.Module, layout: FsdpLayout, dist: Collective) -> list[Any]:
+    """`fully_shard` every unit of `layout` in order, then the whole model as the root (with the
+    `layout.replicated` modules' parameters ignored). Gradients are reduced as a SUM in float32.
+    Returns the units, root last.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -271,21 +260,15 @@ def shard_janus(model: torch.nn.Module, dist: Collective, trainable: list[str]) 
     def shard(modules: Any, **kwargs: Any) -> Any:
         return fully_shard(modules, mesh=mesh, mp_policy=mp, **kwargs)
 
-    lm = model.get_submodule("model.language_model")
-    embed, head = lm.get_submodule("embed_tokens"), model.get_submodule("lm_head")
-    units = [shard(layer) for layer in lm.get_submodule("layers")]
-    if head.weight is embed.weight:  # tied: one parameter may live in one FSDP group only
-        units += shard([embed, head])  # one FSDP state shared by both modules
-    else:
-        units += [shard(embed), shard(head)]
-    units.append(shard(lm))
-    ignored: set[torch.nn.Parameter] = set(model.get_submodule("model.vqmodel").parameters())
-    for name, path in FSDP_OPTIONAL_UNITS.items():
-        module = model.get_submodule(path)
-        if name in trainable:
-            units.append(shard(module))
+    units: list[Any] = []
+    for unit in layout.units:
+        if isinstance(unit, list):
+            units += shard(unit)  # several modules, one FSDP state (returns the list)
         else:
-            ignored |= set(module.parameters())
+            units.append(shard(unit))
+    ignored: set[torch.nn.Parameter] = set()
+    for module in layout.replicated:
+        ignored |= set(module.parameters())
     units.append(shard(model, ignored_params=ignored))
     # The root's forward never runs (the policy calls units directly), so make it the root now;
     # otherwise the first unit called would claim to be root and the next would fail. FSDP2 has

@@ -10,6 +10,12 @@ One step (the loop in `train` fits on a screen):
         _update(rollouts, advs)             micro-batched clipped surrogate, backward, AdamW step
     _log(...); _save(...)
 
+What differs between the two tasks (K, the rollout and log-prob calls, the prompt field, the
+loss mask and normaliser, the loss weight, the names) is decided once, in one `TaskSpec` per task
+(`_task_specs`); the stages loop over the specs. The policy is driven only through the
+`TrainablePolicy` protocol (`policy/base.py`) and loaded through `policy.registry`, so the trainer
+does not know which backend it trains.
+
 Rollout and loss are separate steps: nothing is sampled inside the loss. Every random draw comes
 from a generator seeded with (seed, step, task, first pair of the call), so a resumed run samples
 exactly what the uninterrupted run would have (see docs/training.md).
@@ -30,7 +36,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +45,15 @@ import torch
 
 from pairuni.config import PairUniConfig, dump_config
 from pairuni.data.schema import Pair
-from pairuni.policy.base import ImageRollout, RolloutBatch, TextRollout, UnifiedPolicy
+from pairuni.policy.base import (
+    LogProbScorer,
+    RolloutBatch,
+    Task,
+    TrainablePolicy,
+    missing_members,
+)
 from pairuni.rewards.base import RewardSet
-from pairuni.rl.objective import TaskAdvantages, TaskBatch, pairgrpo_loss, task_advantages
+from pairuni.rl.objective import TaskAdvantages, TaskBatch, task_advantages, task_loss
 from pairuni.training import checkpoint as ckpt
 from pairuni.training.distributed import Collective
 from pairuni.training.evaluation import TrainingEval
@@ -57,8 +69,6 @@ from pairuni.training.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
-TASK_NAMES = {"und": "understanding", "gen": "generation"}
-
 
 class TrainingSetupError(ValueError):
     """A run that cannot start (missing model or data, impossible batch); the message says the
@@ -68,17 +78,75 @@ class TrainingSetupError(ValueError):
 # ----------------------------------------------------------------------------- records
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """Everything the trainer does differently for one task, decided once (`_task_specs`)."""
+
+    key: str
+    """`und` | `gen`: the metric prefix (`und/loss`...), the key of the task in the step's
+    records and the name that seeds its rollout generators."""
+    name: Task
+    """`understanding` | `generation`: the rewards' and the policy's name of the task."""
+    num_samples: int
+    """K: rollouts per pair (`algo.num_generations_und` / `_gen`)."""
+    loss_weight: float
+    """Its weight in the summed objective (`algo.und_loss_weight` / `gen_loss_weight`)."""
+    pairs: Callable[[StepBatch], list[Pair]]
+    """The step's pairs this task trains on ([] when the data mode leaves it out)."""
+    prompt: Callable[[Pair], str]
+    """The pair field the rollout answers or depicts (what the rewards and grids show)."""
+    rollout: Callable[[Sequence[Pair], torch.Generator], RolloutBatch]
+    """K samples for each of these pairs, drawn with this generator."""
+    logprobs: Callable[[LogProbScorer, RolloutBatch], torch.Tensor]
+    """(n, T) teacher-forced log-probs of a record under a policy or its reference."""
+    outputs: Callable[[RolloutBatch], list[Any]]
+    """What the rewards score: the answers' texts or the decoded images."""
+    loss_mask: Callable[[RolloutBatch], torch.Tensor]
+    """(n, T) bool: the tokens in the loss."""
+    norm_length: Callable[[RolloutBatch], float]
+    """The constant of `seq-mean-token-sum-norm` (max new tokens; image tokens)."""
+    max_length: int | None
+    """The longest completion the rollout may produce (for `completions/clipped_ratio`), or
+    None when every completion has the same length."""
+    image_outputs: bool
+    """Whether its outputs are images (saved as sample grids, `logging.image_grid_every`)."""
+
+
+@dataclasses.dataclass
+class TaskRollouts:
+    """One task's rollouts on this process in one step: the record every update of the step
+    reads. `old_logp` and `ref_logp` are computed once, by the first update that needs them
+    (`_old_logprobs`, `_ref_logprobs`), and reused by the step's other updates."""
+
+    spec: TaskSpec
+    rollout: RolloutBatch
+    """The local rows: K consecutive rows per local pair."""
+    slots: torch.Tensor
+    """(n,) the global batch slot (pair) of each local row."""
+    old_logp: torch.Tensor | None = None
+    """(n, T) log pi_old, when `algo.num_iterations > 1`."""
+    ref_logp: torch.Tensor | None = None
+    """(n, T) log pi_ref, when `algo.beta > 0`."""
+
+
 @dataclasses.dataclass
 class StepRollouts:
-    """This process's rollouts of one step (None for a task the data mode leaves out).
+    """This process's rollouts of one step, by task key (`und`, `gen`) in task order; a task
+    the data mode leaves out is absent."""
 
-    `und_slots` / `gen_slots`: (n,) the global batch slot (pair) of each local row.
-    """
+    tasks: dict[str, TaskRollouts]
 
-    und: TextRollout | None
-    gen: ImageRollout | None
-    und_slots: torch.Tensor | None
-    gen_slots: torch.Tensor | None
+    def __getitem__(self, key: str) -> TaskRollouts:
+        return self.tasks[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.tasks
+
+    def __iter__(self) -> Iterator[TaskRollouts]:
+        return iter(self.tasks.values())
+
+    def __len__(self) -> int:
+        return len(self.tasks)
 
 
 @dataclasses.dataclass
@@ -92,45 +160,9 @@ class StepScores:
 # ----------------------------------------------------------------------------- helpers
 
 
-def pad_cat(tensors: Sequence[torch.Tensor], value: float, left: bool) -> torch.Tensor:
-    """Concatenate (B_i, T_i) tensors along dim 0, padding dim 1 to the longest on one side."""
-    width = max(t.shape[1] for t in tensors)
-    padded = []
-    for t in tensors:
-        pad = width - t.shape[1]
-        if pad:
-            filler = t.new_full((t.shape[0], pad), value)
-            t = torch.cat([filler, t] if left else [t, filler], dim=1)
-        padded.append(t)
-    return torch.cat(padded)
-
-
 def concat_rollouts(parts: Sequence[RolloutBatch], pad_id: int) -> Any:
-    """One rollout record from several calls: prompts left-padded, completions right-padded,
-    `group` offset so groups stay distinct."""
-    if len(parts) == 1:
-        return parts[0]
-    values: dict[str, Any] = {}
-    offset = 0
-    groups = []
-    for part in parts:
-        groups.append(part.group + offset)  # type: ignore[attr-defined]
-        offset += int(part.group.max()) + 1  # type: ignore[attr-defined]
-    for field in dataclasses.fields(parts[0]):
-        items = [getattr(p, field.name) for p in parts]
-        name = field.name
-        if name == "group":
-            values[name] = torch.cat(groups)
-        elif isinstance(items[0], list):
-            values[name] = [x for item in items for x in item]
-        elif name.startswith("prompt"):
-            values[name] = pad_cat(items, pad_id if name == "prompt_ids" else 0, left=True)
-        elif items[0].dim() == 2:
-            fill = pad_id if name in ("completion_ids", "image_ids") else 0
-            values[name] = pad_cat(items, fill, left=False)
-        else:
-            values[name] = torch.cat(items)
-    return type(parts[0])(**values)
+    """One rollout record from several calls (`RolloutBatch.concat` of the records' class)."""
+    return type(parts[0]).concat(parts, pad_id)
 
 
 def lr_lambda(update: int, warmup: int, total: int, kind: str, min_ratio: float) -> float:
@@ -206,14 +238,15 @@ class MetricSum:
 
 
 class PairGRPOTrainer:
-    """Trains a `UnifiedPolicy` with PairGRPO on a pair file. Override the `_` methods to change
-    one stage (TRL style); `train()` runs the loop."""
+    """Trains a `TrainablePolicy` with PairGRPO on a pair file. Override the `_` methods to
+    change one stage (TRL style); `train()` runs the loop. `policy`: an already built policy
+    instead of loading `model.path` through the registry."""
 
     def __init__(
         self,
         config: PairUniConfig,
         resume: str | Path | bool | None = None,
-        policy: UnifiedPolicy | None = None,
+        policy: TrainablePolicy | None = None,
         reward_set: RewardSet | None = None,
     ) -> None:
         self.config = config
@@ -248,6 +281,8 @@ class PairGRPOTrainer:
         if self.train_cfg.master_weights == "bf16":
             self.compute_dtype = torch.bfloat16  # bf16 weights compute in bf16 anyway
         self.policy = policy if policy is not None else self._build_policy(model_path)
+        self._check_policy()
+        self.specs = self._task_specs()
         self._set_master_weights()
         self.sharding = self._shard_policy()
         self.reward_set = reward_set or RewardSet.from_config(config.rewards)
@@ -300,11 +335,9 @@ class PairGRPOTrainer:
         return list(records.records)
 
     def _device(self) -> torch.device:
-        from pairuni.policy.janus import resolve_device
-
         if self.dist.world_size > 1 or self.config.model.device == "auto":
             return self.dist.device
-        return resolve_device(self.config.model.device)
+        return torch.device(self.config.model.device)  # a valid name: ModelConfig checked it
 
     def _load_dtype(self) -> str:
         """The dtype to load the checkpoint in: bfloat16 for bf16 master weights; float32 under
@@ -316,25 +349,74 @@ class PairGRPOTrainer:
             return "float32"
         return self.config.model.dtype
 
-    def _build_policy(self, path: Path | None, dtype: str | None = None) -> UnifiedPolicy:
-        from pairuni.policy.janus import JanusPolicy
+    def _build_policy(self, path: Path | None) -> TrainablePolicy:
+        """`model.backend`'s policy from `path` (a checkpoint's `model/` when resuming, else
+        `model.path`), on this process's device, in the dtype precision asks for."""
+        from pairuni.policy.registry import load_policy
 
         device = self._device()
         model_cfg = self.config.model.model_copy(
             update={
                 "device": "cpu" if device.type == "cpu" else str(device),
-                "dtype": dtype or self._load_dtype(),
+                "dtype": self._load_dtype(),
             }
         )
-        return JanusPolicy.load(
-            path or model_cfg.path, model_cfg, self.config.rollout, for_training=True
+        policy = load_policy(path, model_cfg, self.config.rollout, for_training=True)
+        return policy  # type: ignore[return-value]  # checked by _check_policy
+
+    def _check_policy(self) -> None:
+        missing = missing_members(self.policy, TrainablePolicy)
+        if missing:
+            raise TrainingSetupError(
+                f"{type(self.policy).__name__} (model.backend: {self.config.model.backend}) "
+                f"cannot be trained: it lacks {', '.join(missing)} of the TrainablePolicy "
+                "protocol (pairuni/policy/base.py)"
+            )
+
+    def _task_specs(self) -> dict[str, TaskSpec]:
+        """The understanding and generation tasks' settings: the one place that tells them
+        apart."""
+        algo, rollout = self.algo, self.config.rollout
+
+        def image_mask(ro: Any) -> torch.Tensor:
+            return torch.ones_like(ro.logprobs, dtype=torch.bool)  # every image token
+
+        und = TaskSpec(
+            key="und",
+            name="understanding",
+            num_samples=algo.num_generations_und,
+            loss_weight=algo.und_loss_weight,
+            pairs=lambda batch: batch.und,
+            prompt=lambda pair: pair.und_question,
+            rollout=self._rollout_text,
+            logprobs=lambda scorer, ro: scorer.text_logprobs(ro),
+            outputs=lambda ro: list(ro.texts),  # type: ignore[attr-defined]
+            loss_mask=lambda ro: ro.completion_mask.bool(),  # type: ignore[attr-defined]
+            norm_length=lambda ro: float(rollout.max_new_tokens),
+            max_length=rollout.max_new_tokens,
+            image_outputs=False,
         )
+        gen = TaskSpec(
+            key="gen",
+            name="generation",
+            num_samples=algo.num_generations_gen,
+            loss_weight=algo.gen_loss_weight,
+            pairs=lambda batch: batch.gen,
+            prompt=lambda pair: pair.gen_prompt,
+            rollout=self._rollout_image,
+            logprobs=lambda scorer, ro: scorer.image_logprobs(ro),
+            outputs=lambda ro: list(ro.images),  # type: ignore[attr-defined]
+            loss_mask=image_mask,
+            norm_length=lambda ro: float(ro.logprobs.shape[1]),
+            max_length=None,
+            image_outputs=True,
+        )
+        return {spec.key: spec for spec in (und, gen)}
 
     def _set_master_weights(self) -> None:
         """Cast the trainable parameters to the master-weight dtype (train.master_weights)."""
         target = torch.float32 if self.train_cfg.master_weights == "fp32" else torch.bfloat16
-        cast = getattr(self.policy, "cast_trainable", None)
-        changed = cast(target) if cast is not None else 0
+        changed = self.policy.cast_trainable(target)
         if changed and self.dist.is_main:
             logger.info(
                 "holding %d trainable parameters in %s (train.master_weights: %s)",
@@ -380,18 +462,12 @@ class PairGRPOTrainer:
                 self.tracker.log(self.step, metrics)
         self.dist.barrier()
 
-    def _build_reference(self) -> Any:
-        """pi_ref for the KL term (algo.beta > 0): with LoRA the policy itself with its adapters
-        disabled; otherwise a frozen copy of the INITIAL checkpoint (model.path, also when
-        resuming), kept in eval mode."""
-        if getattr(self.policy, "peft", None) is not None:
-            return self.policy.reference()  # type: ignore[attr-defined]
+    def _build_reference(self) -> LogProbScorer:
+        """pi_ref for the KL term (algo.beta > 0): the policy's frozen initial model
+        (`TrainablePolicy.reference`: with LoRA the adapters disabled, otherwise a frozen copy
+        of the INITIAL checkpoint, model.path, also when resuming)."""
         dtype = "float32" if self.compute_dtype == torch.float32 else self.config.model.dtype
-        ref = self._build_policy(None, dtype)
-        model = getattr(ref, "model", None)
-        if isinstance(model, torch.nn.Module):
-            model.requires_grad_(False)
-        return ref
+        return self.policy.reference(dtype)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.train_cfg
@@ -492,53 +568,47 @@ class PairGRPOTrainer:
         return range(start, start + self.local_pairs)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        device = getattr(self.policy, "device", torch.device("cpu"))
-        return autocast(self.compute_dtype, torch.device(device))
+        return autocast(self.compute_dtype, self.policy.device)
 
     def _rollout(self, batch: StepBatch) -> StepRollouts:
-        """This process's K_u answers and K_g images per pair, `rollout_chunk` pairs a call."""
+        """This process's K answers and K images per pair, `rollout_chunk` pairs a call."""
         local = self._local_range()
-        pad = int(getattr(getattr(self.policy, "ids", None), "pad", 0))
-        und = gen = und_slots = gen_slots = None
+        tasks: dict[str, TaskRollouts] = {}
         gather = self.sharding.gathered_for_rollout(self.train_cfg.fsdp_gather_for_rollout)
         with self._autocast(), gather:
-            if batch.und:
-                parts = [self._rollout_text(batch, start) for start in local[:: self.rollout_chunk]]
-                und = concat_rollouts(parts, pad)
-                und_slots = torch.tensor(list(local)).repeat_interleave(
-                    self.algo.num_generations_und
-                )
-            if batch.gen:
+            for spec in self.specs.values():
+                pairs = spec.pairs(batch)
+                if not pairs:
+                    continue
                 parts = [
-                    self._rollout_image(batch, start) for start in local[:: self.rollout_chunk]
+                    spec.rollout(
+                        pairs[start : start + self.rollout_chunk],
+                        self._generator(spec.key, batch.step, start),
+                    )
+                    for start in local[:: self.rollout_chunk]
                 ]
-                gen = concat_rollouts(parts, pad)
-                gen_slots = torch.tensor(list(local)).repeat_interleave(
-                    self.algo.num_generations_gen
-                )
-        return StepRollouts(und, gen, und_slots, gen_slots)
+                slots = torch.tensor(list(local)).repeat_interleave(spec.num_samples)
+                rollout = concat_rollouts(parts, self.policy.pad_id)
+                tasks[spec.key] = TaskRollouts(spec, rollout, slots)
+        return StepRollouts(tasks)
 
     def _generator(self, task: str, step: int, first_slot: int) -> torch.Generator:
-        device = getattr(self.policy, "device", torch.device("cpu"))
+        device = self.policy.device
         return make_generator(self.config.seed, "rollout", task, step, first_slot, device=device)
 
-    def _rollout_text(self, batch: StepBatch, start: int) -> TextRollout:
-        pairs = batch.und[start : start + self.rollout_chunk]
+    def _rollout_text(self, pairs: Sequence[Pair], generator: torch.Generator) -> RolloutBatch:
         images = [p.und_image.open(self.base_dir) for p in pairs]
         return self.policy.rollout_text(
             images,
             [p.und_question for p in pairs],
             self.algo.num_generations_und,
             options=[p.und_options or None for p in pairs],
-            generator=self._generator("und", batch.step, start),
+            generator=generator,
         )
 
-    def _rollout_image(self, batch: StepBatch, start: int) -> ImageRollout:
-        pairs = batch.gen[start : start + self.rollout_chunk]
+    def _rollout_image(self, pairs: Sequence[Pair], generator: torch.Generator) -> RolloutBatch:
         return self.policy.rollout_image(
-            [p.gen_prompt for p in pairs],
-            self.algo.num_generations_gen,
-            generator=self._generator("gen", batch.step, start),
+            [p.gen_prompt for p in pairs], self.algo.num_generations_gen, generator=generator
         )
 
     def _score(self, batch: StepBatch, rollouts: StepRollouts) -> StepScores:
@@ -546,28 +616,18 @@ class PairGRPOTrainer:
         local = self._local_range()
         totals: dict[str, torch.Tensor] = {}
         per_reward: dict[str, dict[str, torch.Tensor]] = {}
-        tasks = (
-            ("und", rollouts.und, batch.und, self.algo.num_generations_und),
-            ("gen", rollouts.gen, batch.gen, self.algo.num_generations_gen),
-        )
-        for task, rollout, pairs, k in tasks:
-            if rollout is None:
-                continue
+        for task in rollouts:
+            spec, k = task.spec, task.spec.num_samples
+            pairs = spec.pairs(batch)
             mine = [pairs[i] for i in local]
-            if task == "und":
-                prompts = [p.und_question for p in mine for _ in range(k)]
-                outputs: list[Any] = list(rollout.texts)  # type: ignore[union-attr]
-            else:
-                prompts = [p.gen_prompt for p in mine for _ in range(k)]
-                outputs = list(rollout.images)  # type: ignore[union-attr]
             total, values, _ = self.reward_set(
-                TASK_NAMES[task],
-                prompts,
-                outputs,
+                spec.name,
+                [spec.prompt(p) for p in mine for _ in range(k)],
+                spec.outputs(task.rollout),
                 pair_columns(mine, k),  # type: ignore[arg-type]
             )
-            totals[task] = self.dist.gather(total)
-            per_reward[task] = {name: self.dist.gather(v) for name, v in values.items()}
+            totals[spec.key] = self.dist.gather(total)
+            per_reward[spec.key] = {name: self.dist.gather(v) for name, v in values.items()}
         return StepScores(totals, per_reward)
 
     def _advantages(self, batch: StepBatch, scores: StepScores) -> dict[str, TaskAdvantages]:
@@ -575,80 +635,55 @@ class PairGRPOTrainer:
         out = {}
         weighting = self.config.data.mode == "pairs"
         aligned = batch.aligned if weighting else torch.ones_like(batch.aligned)
-        for task, rewards in scores.total.items():
-            k = self.algo.num_generations_und if task == "und" else self.algo.num_generations_gen
-            slots = torch.arange(batch.size).repeat_interleave(k)
-            out[task] = task_advantages(rewards, slots, slots, batch.similarity, aligned, self.algo)
+        for key, rewards in scores.total.items():
+            slots = torch.arange(batch.size).repeat_interleave(self.specs[key].num_samples)
+            out[key] = task_advantages(rewards, slots, slots, batch.similarity, aligned, self.algo)
         return out
 
     # ------------------------------------------------------------------ the update
 
-    def _local_rows(self, task: str) -> slice:
-        k = self.algo.num_generations_und if task == "und" else self.algo.num_generations_gen
-        start = self.dist.rank * self.local_pairs * k
-        return slice(start, start + self.local_pairs * k)
+    def _local_rows(self, spec: TaskSpec) -> slice:
+        start = self.dist.rank * self.local_pairs * spec.num_samples
+        return slice(start, start + self.local_pairs * spec.num_samples)
 
-    def _task_inputs(
-        self, rollouts: StepRollouts, advantages: dict[str, TaskAdvantages]
-    ) -> Iterator[tuple[str, RolloutBatch, torch.Tensor, torch.Tensor, float]]:
-        """(task, local rollout, local advantages, mask, norm_length) of each present task."""
-        if rollouts.und is not None:
-            ro = rollouts.und
-            adv = advantages["und"].advantages[self._local_rows("und")]
-            yield (
-                "und",
-                ro,
-                adv,
-                ro.completion_mask.bool(),
-                float(self.config.rollout.max_new_tokens),
+    def _micro_logprobs(self, scorer: LogProbScorer, task: TaskRollouts) -> torch.Tensor:
+        """(n, T) float32 log-probs of the task's local rows under `scorer`, without gradient,
+        one micro-batch at a time."""
+        with torch.no_grad(), self._autocast():
+            return torch.cat(
+                [
+                    task.spec.logprobs(scorer, mb).float()
+                    for mb in task.rollout.split(self.train_cfg.micro_batch_size)
+                ]
             )
-        if rollouts.gen is not None:
-            ro_g = rollouts.gen
-            adv = advantages["gen"].advantages[self._local_rows("gen")]
-            mask = torch.ones_like(ro_g.image_ids, dtype=torch.bool)
-            yield "gen", ro_g, adv, mask, float(ro_g.image_ids.shape[1])
 
-    def _logprobs(self, task: str, rollout: Any) -> torch.Tensor:
-        if task == "und":
-            return self.policy.text_logprobs(rollout)
-        return self.policy.image_logprobs(rollout)
-
-    def _ref_logprobs(self, task: str, rollout: Any) -> torch.Tensor | None:
+    def _ref_logprobs(self, task: TaskRollouts) -> torch.Tensor | None:
         """(n, T) log pi_ref of the local rows (computed once per step), or None without KL."""
         if self.ref_policy is None:
             return None
-        if getattr(rollout, "_ref_logp", None) is None:
-            ref = self.ref_policy
-            fn = ref.text_logprobs if task == "und" else ref.image_logprobs
-            with torch.no_grad(), self._autocast():
-                rollout._ref_logp = torch.cat(
-                    [fn(mb).float() for mb in rollout.split(self.train_cfg.micro_batch_size)]
-                )
-        return rollout._ref_logp
+        if task.ref_logp is None:
+            task.ref_logp = self._micro_logprobs(self.ref_policy, task)
+        return task.ref_logp
 
-    def _old_logprobs(self, task: str, rollout: Any) -> torch.Tensor | None:
+    def _old_logprobs(self, task: TaskRollouts) -> torch.Tensor | None:
         """pi_old for num_iterations > 1. The rollout's sampling log-probs when they are exactly
-        what the loss's forward computes (float32, the same distribution); otherwise recomputed
-        once, without gradient, by that same teacher-forced forward (as TRL does), so that the
-        first update's ratio is exactly 1: under bf16 the KV-cached sampler and the full
-        forward round differently (image ratios 0.93-1.09 on the tiny model), and without
-        `cfg_in_logprob` the sampler's distribution is not the loss's."""
+        what the loss's forward computes (float32, and the policy says they are: the same
+        distribution and estimator); otherwise recomputed once, without gradient, by that same
+        teacher-forced forward (as TRL does), so that the first update's ratio is exactly 1:
+        under bf16 the KV-cached sampler and the full forward round differently (image ratios
+        0.93-1.09 on the tiny model), and Janus without `cfg_in_logprob` samples from another
+        distribution than the loss scores."""
         if self.algo.num_iterations == 1:
             return None  # on-policy: the ratio is exactly 1
-        recompute = self.compute_dtype != torch.float32 or (
-            task == "gen" and not self.config.rollout.cfg_in_logprob
-        )
-        if not recompute:
-            return rollout.logprobs
-        if getattr(rollout, "_old_logp", None) is None:
-            with torch.no_grad(), self._autocast():
-                rollout._old_logp = torch.cat(
-                    [
-                        self._logprobs(task, mb).float()
-                        for mb in rollout.split(self.train_cfg.micro_batch_size)
-                    ]
-                )
-        return rollout._old_logp
+        if task.old_logp is None:
+            exact = self.compute_dtype == torch.float32 and (
+                self.policy.recorded_logprobs_are_exact(task.spec.name)
+            )
+            if exact:
+                task.old_logp = task.rollout.logprobs  # type: ignore[attr-defined]
+            else:
+                task.old_logp = self._micro_logprobs(self.policy, task)
+        return task.old_logp
 
     def _update(
         self, rollouts: StepRollouts, advantages: dict[str, TaskAdvantages], iteration: int
@@ -659,49 +694,32 @@ class PairGRPOTrainer:
             iteration == 0
             and self.config.logging.grad_agreement_every > 0
             and self.step % self.config.logging.grad_agreement_every == 0
-            and rollouts.und is not None
-            and rollouts.gen is not None
+            and len(rollouts) == len(self.specs)
         )
-        model = getattr(self.policy, "model", None)
         task_grads: dict[str, torch.Tensor] = {}
-        training_mode = self._loss_in_training_mode() and isinstance(model, torch.nn.Module)
-        for task, rollout, adv, mask, norm_length in self._task_inputs(rollouts, advantages):
+        training_mode = self._loss_in_training_mode()
+        for task in rollouts:
+            spec = task.spec
+            adv = advantages[spec.key].advantages[self._local_rows(spec)]
+            mask = spec.loss_mask(task.rollout)
             if training_mode:
-                model.eval()  # old and reference log-probs: the sampling distribution
-            old = self._old_logprobs(task, rollout)
-            ref = self._ref_logprobs(task, rollout)
+                self.policy.eval()  # old and reference log-probs: the sampling distribution
+            self._old_logprobs(task)
+            self._ref_logprobs(task)
             if training_mode:
-                model.train()
+                self.policy.train()
             num_tokens = self.dist.reduce(mask.sum().double()).item()
             num_seqs = self.dist.reduce(torch.tensor(float(mask.shape[0]))).item()
             size = self.train_cfg.micro_batch_size
-            for start in range(0, len(rollout), size):
+            for start in range(0, len(task.rollout), size):
                 rows = slice(start, start + size)
-                sums.add(
-                    *self._loss(
-                        task,
-                        rollout[rows],
-                        adv[rows],
-                        mask[rows],
-                        old,
-                        ref,
-                        rows,
-                        num_seqs,
-                        num_tokens,
-                        norm_length,
-                    )
-                )
+                sums.add(*self._loss(task, rows, adv[rows], mask[rows], num_seqs, num_tokens))
             if measure:
-                task_grads[task] = self._take_grads()
-        if isinstance(model, torch.nn.Module):
-            model.eval()
+                task_grads[spec.key] = self._take_grads()
+        self.policy.eval()
         metrics = sums.result(self.dist)
         metrics["loss"] = sum(
-            weight * metrics.get(f"{task}/loss", 0.0)
-            for task, weight in (
-                ("und", self.algo.und_loss_weight),
-                ("gen", self.algo.gen_loss_weight),
-            )
+            spec.loss_weight * metrics.get(f"{spec.key}/loss", 0.0) for spec in self.specs.values()
         )
         if measure:
             metrics["grad_cosine"] = self._restore_and_compare(task_grads)
@@ -716,20 +734,19 @@ class PairGRPOTrainer:
 
     def _loss(
         self,
-        task: str,
-        rollout: Any,
+        task: TaskRollouts,
+        rows: slice,
         adv: torch.Tensor,
         mask: torch.Tensor,
-        old: torch.Tensor | None,
-        ref: torch.Tensor | None,
-        rows: slice,
         num_sequences: float,
         num_tokens: float,
-        norm_length: float,
     ) -> tuple[dict[str, torch.Tensor], float]:
-        """Backward of one micro-batch's share of the global loss; returns its metrics."""
+        """Backward of one micro-batch's (`rows` of the task's record) share of the global
+        loss; returns its metrics and its token count."""
+        spec, old, ref = task.spec, task.old_logp, task.ref_logp
+        micro = task.rollout[rows]
         with self._autocast():
-            logp = self._logprobs(task, rollout).float()
+            logp = spec.logprobs(self.policy, micro).float()
         device = logp.device
         batch = TaskBatch(
             logp=logp,
@@ -739,14 +756,12 @@ class PairGRPOTrainer:
             ref_logp=None if ref is None else ref[rows].to(device),
             num_sequences=num_sequences,
             num_tokens=num_tokens,
-            norm_length=norm_length,
+            norm_length=spec.norm_length(task.rollout),
         )
-        out = pairgrpo_loss(
-            batch if task == "und" else None, batch if task == "gen" else None, self.algo
-        )
-        out.loss.backward()
-        metrics = {k: v for k, v in out.metrics.items() if k != "loss"}
-        return metrics, float(mask.sum())
+        loss, metrics = task_loss(batch, self.algo)
+        (spec.loss_weight * loss).backward()
+        named = {f"{spec.key}/{k}": v for k, v in metrics.items()}
+        return named, float(mask.sum())
 
     def _take_grads(self) -> torch.Tensor:
         """The accumulated gradient as one flat vector; the parameters' grads are cleared."""
@@ -762,9 +777,10 @@ class PairGRPOTrainer:
 
     def _restore_and_compare(self, grads: dict[str, torch.Tensor]) -> float:
         """cos(g_und, g_gen) over all processes; the parameters get g_und + g_gen back."""
-        und, gen = self.dist.reduce(grads["und"]), self.dist.reduce(grads["gen"])
+        first, second = grads.values()  # task order: und, gen
+        und, gen = self.dist.reduce(first), self.dist.reduce(second)
         # the local sum goes back: _optimizer_step all-reduces it like any other step
-        total = (grads["und"] + grads["gen"]).to(self.params[0].device)
+        total = (first + second).to(self.params[0].device)
         offset = 0
         for p in self.params:
             n = p.numel()
@@ -803,23 +819,20 @@ class PairGRPOTrainer:
                 out[f"{task}/rewards/{name}/std"] = (
                     float(valid.std()) if len(valid) > 1 else math.nan
                 )
-        for task, rollout in (("und", rollouts.und), ("gen", rollouts.gen)):
-            if rollout is None:
-                continue
-            if task == "und":
-                mask = rollout.completion_mask.float()  # type: ignore[union-attr]
-            else:
-                mask = torch.ones_like(rollout.logprobs)
+        for task in rollouts:
+            key, rollout = task.spec.key, task.rollout
+            mask = task.spec.loss_mask(rollout).float()
             lengths = self.dist.gather(mask.sum(1))
-            out[f"{task}/completions/mean_length"] = float(lengths.mean())
-            out[f"{task}/completions/min_length"] = float(lengths.min())
-            out[f"{task}/completions/max_length"] = float(lengths.max())
-            if task == "und":
-                limit = self.config.rollout.max_new_tokens
-                out["und/completions/clipped_ratio"] = float((lengths >= limit).float().mean())
+            out[f"{key}/completions/mean_length"] = float(lengths.mean())
+            out[f"{key}/completions/min_length"] = float(lengths.min())
+            out[f"{key}/completions/max_length"] = float(lengths.max())
+            limit = task.spec.max_length
+            if limit is not None:
+                out[f"{key}/completions/clipped_ratio"] = float((lengths >= limit).float().mean())
             # Monte-Carlo entropy: the mean of -log pi(token) over sampled tokens
-            neg = self.dist.reduce(-(rollout.logprobs * mask).sum().double())
-            out[f"{task}/entropy"] = float(neg / self.dist.reduce(mask.sum().double()))
+            logprobs = rollout.logprobs  # type: ignore[attr-defined]
+            neg = self.dist.reduce(-(logprobs * mask).sum().double())
+            out[f"{key}/entropy"] = float(neg / self.dist.reduce(mask.sum().double()))
         weighted = self.config.data.mode == "pairs"
         if weighted:
             from pairuni.rl.advantages import pair_weights
@@ -843,18 +856,24 @@ class PairGRPOTrainer:
             return
         self.tracker.log(self.step, metrics)
         every = self.config.logging.image_grid_every
-        if every and self.step % every == 0 and rollouts.gen is not None and rollouts.gen.images:
-            self._save_grid(batch, rollouts.gen, scores.total["gen"])
+        if not every or self.step % every:
+            return
+        for task in rollouts:
+            images = task.spec.outputs(task.rollout) if task.spec.image_outputs else []
+            if images:  # empty when the rollout was not decoded
+                self._save_grid(batch, task, images, scores.total[task.spec.key])
 
-    def _save_grid(self, batch: StepBatch, rollout: ImageRollout, rewards: torch.Tensor) -> None:
+    def _save_grid(
+        self, batch: StepBatch, task: TaskRollouts, images: list[Any], rewards: torch.Tensor
+    ) -> None:
         from pairuni.training.grids import captioned_grid
 
-        limit = self.config.logging.image_grid_max
-        k = self.algo.num_generations_gen
+        spec, limit = task.spec, self.config.logging.image_grid_max
+        pairs = spec.pairs(batch)
         slots = list(self._local_range())
-        prompts = [batch.gen[s].gen_prompt for s in slots for _ in range(k)]
-        local_rewards = rewards[self._local_rows("gen")].tolist()
-        grid = captioned_grid(rollout.images[:limit], prompts[:limit], local_rewards[:limit])
+        prompts = [spec.prompt(pairs[s]) for s in slots for _ in range(spec.num_samples)]
+        local_rewards = rewards[self._local_rows(spec)].tolist()
+        grid = captioned_grid(images[:limit], prompts[:limit], local_rewards[:limit])
         path = self.out_dir / "samples" / f"step-{self.step}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         grid.save(path)
@@ -873,10 +892,7 @@ class PairGRPOTrainer:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
-            if model_state is None:
-                self.policy.save(tmp / "model")
-            else:
-                self.policy.save(tmp / "model", state_dict=model_state)  # type: ignore[call-arg]
+            self.policy.save(tmp / "model", state_dict=model_state)
             torch.save(optimizer_state, tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
         self.dist.barrier()

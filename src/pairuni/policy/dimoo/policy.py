@@ -494,8 +494,21 @@ class DimooPolicy:
         per_copy = out.logprobs.reshape(out.logprobs.shape[0], copies, -1)
         return per_copy.sum(1) / (copies // 2) * mask
 
-    @property
-    def recorded_logprobs_are_exact(self) -> bool:
+    def recorded_logprobs_are_exact(self, task: str = "generation") -> bool:
         """Whether the sampler's recorded log-probs equal what the estimator computes (only the
-        unshrunk trajectory replay): otherwise the trainer recomputes the old log-probs."""
+        unshrunk trajectory replay, for both tasks): otherwise the trainer recomputes pi_old."""
+        del task
         return self.settings.logprob == "trajectory" and self.settings.trajectory_shrink == 1
+
+    def reference(self, dtype: str | None = None) -> DimooPolicy:
+        """pi_ref for the KL term: a frozen copy of the initial checkpoint `model.path`."""
+        config = self.model_config.model_copy(update={"dtype": dtype or self.model_config.dtype})
+        ref = DimooPolicy.load(config.path, config, self.rollout_config)
+        ref.model.backbone.requires_grad_(False)
+        return ref
+
+    def fsdp_layout(self, trainable: Sequence[str]) -> Any:
+        raise NotImplementedError(
+            "train.sharding: fsdp is not supported by the dimoo backend yet; use sharding: "
+            "none or zero1 (DDP with a sharded optimizer)"
+        )

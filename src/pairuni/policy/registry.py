@@ -1,0 +1,75 @@
+"""Policy backends by name: the one place that knows which classes exist.
+
+`model.backend: auto` (the default) reads the checkpoint's config.json (`model_type: janus` ->
+Janus, `llada` -> Lumina-DiMOO); a LoRA adapter folder (no config.json of its own) is Janus's.
+Adding a backend means a class implementing `policy.base.UnifiedPolicy` (and `TrainablePolicy`
+for `pairuni train`) and one entry here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pairuni.policy.base import UnifiedPolicy
+    from pairuni.policy.config import ModelConfig, RolloutConfig
+
+BACKENDS = {
+    "janus": "pairuni.policy.janus:JanusPolicy",
+    "dimoo": "pairuni.policy.dimoo.policy:DimooPolicy",
+}
+"""backend name -> "module:class" (imported on use: `pairuni --help` stays instant)."""
+
+
+def resolve_backend(backend: str, path: str | Path | None) -> str:
+    """The backend of `model.backend` (`auto`: from the checkpoint folder)."""
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise ValueError(
+                f"unknown model.backend {backend!r}; valid: auto, {', '.join(BACKENDS)}"
+            )
+        return backend
+    if path is None:
+        return "janus"
+    from pairuni.policy.dimoo.model import backend_of
+
+    return backend_of(path) or "janus"
+
+
+def policy_class(backend: str) -> type:
+    module, name = BACKENDS[backend].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_policy(
+    path: str | Path | None,
+    model_config: ModelConfig,
+    rollout_config: RolloutConfig | None = None,
+    *,
+    for_training: bool = False,
+) -> UnifiedPolicy:
+    """Load the checkpoint `path` (else `model_config.path`) with its backend's class."""
+    path = path if path is not None else model_config.path
+    backend = resolve_backend(model_config.backend, path)
+    cls = policy_class(backend)
+    return cls.load(path, model_config, rollout_config, for_training=for_training)
+
+
+TINY_WRITERS = {
+    "janus": "pairuni.policy.tiny:build_tiny_janus",
+    "dimoo": "pairuni.policy.dimoo.tiny:write_tiny_dimoo",
+}
+"""backend name -> "module:function" that writes a tiny random checkpoint in the layout the
+backend's class loads (`function(out_dir, **options) -> directory`), for offline tries and tests."""
+
+
+def write_tiny(backend: str, out_dir: str | Path, **options: Any) -> Path:
+    """Write `backend`'s tiny random checkpoint to `out_dir`; returns its directory."""
+    if backend not in TINY_WRITERS:
+        raise ValueError(
+            f"no tiny checkpoint writer for backend {backend!r}; valid: {', '.join(TINY_WRITERS)}"
+        )
+    module, name = TINY_WRITERS[backend].split(":")
+    return Path(getattr(importlib.import_module(module), name)(out_dir, **options))
