@@ -177,18 +177,20 @@ def test_exact_assign_decides_near_ties_below_float32_resolution():
 
 
 def test_float32_assignment_scores_are_within_the_bound():
-    """fl32(f . c - ||c||^2 / 2) as `exact_assign` computes it (one addmm) stays within
-    `assign_error_bound` of the float64 value, for unit rows, non-negative rows and centres of
-    unequal norms (some above 1)."""
+    """fl32(f . c - ||c||^2 / 2) as `exact_assign` computes it (numpy's gemm, then the
+    subtraction) and fused into one torch addmm, both stay within `assign_error_bound` of the
+    float64 value, for unit rows, non-negative rows and centres of unequal norms (some above 1)."""
     points = torch.cat([unit(64, 2048, 20), realistic(64, 2048, 21)])
     centers = torch.cat(
         [unit(30, 2048, 22) * 3, realistic(30, 2048, 23) * 0.7, torch.eye(2048)[:5]]
     )
     half = exact_dots(centers, centers) / 2
-    score = torch.addmm((-half).float(), points, centers.t()).double()
+    split = torch.from_numpy(points.numpy() @ centers.numpy().T) - half.float()
+    fused = torch.addmm((-half).float(), points, centers.t())
     exact = points.double() @ centers.double().T - half
     bound = assign_error_bound(exact_dots(points, points), float(half.max()), 2048)
-    assert ((score - exact).abs() <= bound[:, None]).all()
+    for score in (split, fused):
+        assert ((score.double() - exact).abs() <= bound[:, None]).all()
 
 
 def test_decide_finds_the_float64_winner_against_adversarial_float32_errors():
@@ -277,7 +279,7 @@ def test_kmeans_is_identical_for_any_thread_count_and_chunking(monkeypatch):
         monkeypatch.setattr(select, "CHUNK_ROWS", chunk)
         monkeypatch.setattr(select, "SUM_ROWS", sum_rows)
         monkeypatch.setattr(select, "RESCORE_PAIRS", pairs)
-        torch.set_num_threads(n_threads)
+        torch.set_num_threads(n_threads)  # torch's ops and, through threadpoolctl, numpy's BLAS
         found = kmeans(feats, 40, iterations=3, seed=5)
         return found, medoids(feats, found.centers, found.labels)
 

@@ -26,6 +26,7 @@ Nearest centre = argmin ||f - c||^2 = argmax (f . c - ||c||^2 / 2), ties to the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,21 +154,27 @@ def initial_centers(features: torch.Tensor, k: int, seed: int, init: str) -> tor
 
 
 def exact_assign(
-    points: torch.Tensor, centers: torch.Tensor, work: Workspace | None = None
+    points: torch.Tensor,
+    centers: torch.Tensor,
+    work: Workspace | None = None,
+    point_sq_norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Exact nearest centre: argmax_j of s_j = f . c_j - ||c_j||^2 / 2 in float64, ties to the
     lower index. points (m, d) float32, centers (k, d) float32 -> (m,) int64.
 
-    One float32 gemm per block of rows gives t_j = fl32(f . c_j - h_j) (h_j = ||c_j||^2 / 2 added
-    inside the gemm), with |t_j - s_j| <= e = gamma_{d+1} (|f| max|c| + max h) + u max h (the
-    gemm's d + 1 terms, any order; h rounded to float32). So the best centre j* has
-    t_j* >= max_j t_j - 2e: a row whose two best t are further apart than 2e has one candidate,
-    the float32 argmax; the other rows re-score every candidate within 2e of their best in
-    float64 (`similarity.exact_dots`). (float16 or int8 filters are faster on some CPUs, but
-    their bounds, ~1e-3, are wider than the typical gap between the two nearest centres.)
+    One float32 gemm per block of rows and one subtraction give t_j = fl32(f . c_j - h_j)
+    (h_j = ||c_j||^2 / 2 rounded to float32), with |t_j - s_j| <= e (`assign_error_bound`). So
+    the best centre j* has t_j* >= max_j t_j - 2e: a row whose two best t are further apart than
+    2e has one candidate, the float32 argmax; the other rows re-score every candidate within 2e
+    of their best in float64 (`similarity.exact_dots`). The gemm is numpy's (OpenBLAS in the
+    wheels: 20-40 % faster than torch's MKL sgemm on the AVX2 AMD machine of
+    benchmarks/RESULTS.md), on `torch.get_num_threads()` threads; any BLAS gives the same labels.
+    (float16 or int8 filters are faster on some CPUs, but their bounds, ~1e-3, are wider than
+    the typical gap between the two nearest centres.) `point_sq_norms` (m,) float64: the rows'
+    squared norms, when the caller has them (`kmeans` computes them once for all passes).
     """
-    points = points.float()
-    centers = centers.float().contiguous()
+    points = points.detach().float().contiguous()
+    centers = centers.detach().float().contiguous()
     m, d = points.shape
     k = centers.shape[0]
     labels = torch.zeros(m, dtype=torch.int64)
@@ -177,22 +184,39 @@ def exact_assign(
     half_sq = _sq_norms(centers) / 2
     neg_half32 = (-half_sq).float()
     max_half = float(half_sq.max())
-    for start in range(0, m, CHUNK_ROWS):
-        chunk = points[start : start + CHUNK_ROWS]
-        score = work.get("score", chunk.shape[0], k, torch.float32)
-        torch.addmm(neg_half32, chunk, centers.t(), out=score)
-        bound = assign_error_bound(_sq_norms(chunk), max_half, d)
-        labels[start : start + chunk.shape[0]] = _decide(chunk, centers, half_sq, score, bound)
+    centers_t = centers.numpy().T
+    if point_sq_norms is None:
+        point_sq_norms = _sq_norms(points)
+    with _blas_threads(torch.get_num_threads()):
+        for start in range(0, m, CHUNK_ROWS):
+            chunk = points[start : start + CHUNK_ROWS]
+            score = work.get("score", chunk.shape[0], k, torch.float32)
+            np.matmul(chunk.numpy(), centers_t, out=score.numpy())
+            score += neg_half32
+            bound = assign_error_bound(point_sq_norms[start : start + CHUNK_ROWS], max_half, d)
+            labels[start : start + chunk.shape[0]] = _decide(chunk, centers, half_sq, score, bound)
     return labels
+
+
+def _blas_threads(threads: int) -> contextlib.AbstractContextManager:
+    """Limit numpy's BLAS to `threads` (threadpoolctl, where installed; else its own default,
+    set by OPENBLAS_NUM_THREADS / OMP_NUM_THREADS)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(threads, user_api="blas")
 
 
 def assign_error_bound(row_sq_norms: torch.Tensor, max_half: float, dim: int) -> torch.Tensor:
     """e per row (float64): |fl32(f . c - h) - (f . c - h)| <= e for every centre, when h =
-    ||c||^2 / 2 <= max_half is rounded to float32 and added inside (or after) a float32 gemm.
+    ||c||^2 / 2 <= max_half is rounded to float32 and subtracted after (or added inside) a
+    float32 gemm.
 
-    gemm: d + 1 terms in any order, so gamma_{d+1} (|f| |c| + h) with |c| <= sqrt(2 max_half);
-    rounding h to float32: u h; a separate subtraction instead of the fused one is covered by
-    gamma_{d+1} >= gamma_d + u."""
+    The gemm's dot: gamma_d |f| |c| in any summation order, |c| <= sqrt(2 max_half); the
+    subtraction rounds once more (u |f . c - h|), and rounding h to float32 adds u h. All of it
+    is below gamma_{d+1} (|f| |c| + h) + u h (gamma_{d+1} >= gamma_d + u), which also covers h
+    added inside the gemm as a (d + 1)-th term."""
     max_norm = math.sqrt(2 * max_half)
     g = gamma(dim + 1)
     return (g * (row_sq_norms.sqrt() * max_norm + max_half) + UNIT * max_half) * SLACK
@@ -362,9 +386,10 @@ def kmeans(
     previous: torch.Tensor | None = None
     moved_empty = False
     work = Workspace()
+    sq_norms = _sq_norms(features)
     bar = _progress_bar(iterations + 1, progress)
     for step in range(iterations + 1):
-        labels = exact_assign(features, centers, work)
+        labels = exact_assign(features, centers, work, sq_norms)
         sq_dist = sq_distances(features, centers, labels, work)
         result.inertia.append(math.fsum(sq_dist.tolist()))
         if bar is not None:
