@@ -30,7 +30,7 @@ import types
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Generic, Literal, NamedTuple, TypeVar, Union, get_args, get_origin
@@ -820,7 +820,7 @@ class JsonlAppender(Generic[R]):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle: IO[bytes] | None = open(self.path, "a+b")  # noqa: SIM115 (closed in close())
         try:
-            _lock(self._handle, self.path)
+            lock_exclusive(self._handle, self.path)
             self._recover()
         except BaseException:
             self.close()
@@ -828,31 +828,10 @@ class JsonlAppender(Generic[R]):
 
     def _recover(self) -> None:
         assert self._handle is not None
-        handle = self._handle
-        handle.seek(0)
-        offset = 0
-        for line_number, raw in enumerate(handle, start=1):
-            if not raw.endswith(b"\n"):
-                self._drop_torn_tail(offset, len(raw), line_number)
-                break
-            offset += len(raw)
-            if raw.strip():
-                self._remember(raw, line_number)
-        handle.seek(0, os.SEEK_END)
-
-    def _drop_torn_tail(self, offset: int, size: int, line_number: int) -> None:
-        assert self._handle is not None
-        self._handle.truncate(offset)
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self.dropped_bytes = size
-        logger.warning(
-            "%s: dropped a partial last line (line %d, %d bytes) left by an interrupted write; "
-            "that record will be redone",
-            self.path,
-            line_number,
-            size,
-        )
+        size = os.fstat(self._handle.fileno()).st_size
+        for line_number, raw in complete_lines(self._handle, self.path):
+            self._remember(raw, line_number)
+        self.dropped_bytes = size - self._handle.tell()
 
     def _remember(self, raw: bytes, line_number: int) -> None:
         location = Location(self.path, line_number, "line")
@@ -904,14 +883,46 @@ class JsonlAppender(Generic[R]):
         self.close()
 
 
-def _lock(handle: IO[bytes], path: Path) -> None:
+def lock_exclusive(
+    handle: IO[bytes], path: Path, on_busy: Callable[[], Exception] | None = None
+) -> None:
+    """Take an exclusive, non-blocking lock on an open file (released when it is closed), so
+    that two jobs never append to one output. Another holder raises `on_busy()` (by default a
+    RuntimeError naming the file). Not POSIX: no lock, the rest works."""
     try:
         import fcntl
-    except ImportError:  # not POSIX: no lock, the rest works
+    except ImportError:
         return
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        if on_busy is not None:
+            raise on_busy() from None
         raise RuntimeError(
             f"{path}: another process is appending to this file; run one job per output file"
         ) from None
+
+
+def complete_lines(handle: IO[bytes], path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) of every complete, non-blank line of an append-only file opened
+    `a+b`. A torn last line (no newline: a write killed half-way) is cut off durably and logged,
+    so that its record is redone. Exhausted, it leaves the handle at the end of the file."""
+    handle.seek(0)
+    offset = 0
+    for line_number, raw in enumerate(handle, start=1):
+        if not raw.endswith(b"\n"):
+            handle.truncate(offset)
+            handle.flush()
+            os.fsync(handle.fileno())
+            logger.warning(
+                "%s: dropped a partial last line (line %d, %d bytes) left by an interrupted "
+                "write; that record will be redone",
+                path,
+                line_number,
+                len(raw),
+            )
+            break
+        offset += len(raw)
+        if raw.strip():
+            yield line_number, raw
+    handle.seek(0, os.SEEK_END)

@@ -54,7 +54,7 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from pairuni.data.errors import DataError, data_error_from_validation
-from pairuni.data.io import record_to_json_line
+from pairuni.data.io import complete_lines, lock_exclusive, record_to_json_line
 from pairuni.data.schema import GenerationSample, Quadruple, Record, UnderstandingSample
 from pairuni.pairing.annotators import Outcome, RequestStats, SetupError, Task
 from pairuni.pairing.config import CompleteConfig
@@ -94,6 +94,13 @@ class CompletionFailed(RuntimeError):
     def __init__(self, message: str, summary: CompletionSummary | None = None) -> None:
         super().__init__(message)
         self.summary = summary
+
+
+def _busy_message(path: Path) -> str:
+    return (
+        f"{path}: another process is writing to this file; run one completion job per "
+        "output file at a time (the two tasks may share a file, one after the other)"
+    )
 
 
 @dataclass
@@ -298,7 +305,7 @@ class _AppendLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._handle: IO[bytes] | None = open(path, "a+b")  # noqa: SIM115 (closed in close())
         try:
-            _lock(self._handle, path)
+            lock_exclusive(self._handle, path, lambda: CompletionFailed(_busy_message(path)))
             self.rows = self._recover()
         except BaseException:
             self.close()
@@ -306,26 +313,8 @@ class _AppendLog:
 
     def _recover(self) -> list[tuple[int, dict[str, Any]]]:
         assert self._handle is not None
-        handle = self._handle
-        handle.seek(0)
         rows: list[tuple[int, dict[str, Any]]] = []
-        offset = 0
-        for number, raw in enumerate(handle, start=1):
-            if not raw.endswith(b"\n"):
-                handle.truncate(offset)
-                handle.flush()
-                os.fsync(handle.fileno())
-                logger.warning(
-                    "%s: dropped a partial last line (line %d, %d bytes) left by an interrupted "
-                    "write; that record will be redone",
-                    self.path,
-                    number,
-                    len(raw),
-                )
-                break
-            offset += len(raw)
-            if not raw.strip():
-                continue
+        for number, raw in complete_lines(self._handle, self.path):
             try:
                 row = json.loads(raw)
             except json.JSONDecodeError as err:
@@ -333,7 +322,6 @@ class _AppendLog:
             if not isinstance(row, dict):
                 raise DataError(self.path, number, None, "a line must be a JSON object")
             rows.append((number, row))
-        handle.seek(0, os.SEEK_END)
         return rows
 
     def write(self, lines: list[bytes]) -> None:
@@ -356,20 +344,6 @@ class _AppendLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _lock(handle: IO[bytes], path: Path) -> None:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, the rest works
-        return
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise CompletionFailed(
-            f"{path}: another process is writing to this file; run one completion job per "
-            "output file at a time (the two tasks may share a file, one after the other)"
-        ) from None
 
 
 def _fsync_dir(folder: Path) -> None:
