@@ -29,7 +29,7 @@ from pairuni.pairing.select import (
     select_aligned,
     sq_distances,
 )
-from pairuni.pairing.similarity import exact_dots, int8_matmul
+from pairuni.pairing.similarity import exact_dots
 
 
 def unit(rows: int, dim: int, seed: int) -> torch.Tensor:
@@ -92,17 +92,6 @@ def test_float32_search_error_is_within_the_bound():
     norms = np.linalg.norm(q.double().numpy(), axis=1)[:, None] * float(k.norm(dim=1).max())
     assert (err <= dot_error_bound(2048) * norms).all()
     assert (np.diff(scores, axis=1) <= 0).all()  # sorted, as `_lists` assumes
-
-
-def test_int8_matmul_is_exact_both_ways():
-    """The float32-block path gives the integers `torch._int_mm` gives, even at the extremes."""
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randint(-127, 128, (70, 2500), generator=gen, dtype=torch.int8)
-    b = torch.randint(-127, 128, (2500, 30), generator=gen, dtype=torch.int8)
-    a[0], b[:, 0] = 127, 127  # 2500 * 127^2 > 2^24: a single float32 sum would round
-    expected = a.long() @ b.long()
-    assert torch.equal(int8_matmul(a, b, use_int_mm=False).long(), expected)
-    assert torch.equal(int8_matmul(a, b, use_int_mm=True).long(), expected)
 
 
 def brute_assign(points: torch.Tensor, centers: torch.Tensor) -> np.ndarray:
