@@ -331,6 +331,19 @@ class TrainablePolicy(UnifiedPolicy, Protocol):
         ...
 
 
+def cast_parameters(groups: dict[str, list[torch.nn.Parameter]], dtype: torch.dtype) -> int:
+    """`TrainablePolicy.cast_trainable` for a backend's `parameter_groups()`: each parameter
+    held in `dtype` in place (the same Parameter object: ties survive); returns the number of
+    elements whose dtype changed."""
+    changed = 0
+    for params in groups.values():
+        for param in params:
+            if param.dtype != dtype:
+                param.data = param.data.to(dtype)
+                changed += param.numel()
+    return changed
+
+
 def missing_members(policy: object, protocol: type = TrainablePolicy) -> list[str]:
     """The public members of `protocol` (and its base protocols) that `policy` lacks."""
     names = {

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pairuni.policy.base import FsdpLayout, ImageRollout, TextRollout
+from pairuni.policy.base import FsdpLayout, ImageRollout, TextRollout, cast_parameters
 from pairuni.policy.config import ModelConfig, RolloutConfig
 from pairuni.policy.images import to_pil
 
@@ -575,26 +575,15 @@ class JanusPolicy:
     def cast_trainable(self, dtype: torch.dtype) -> int:
         """Hold the trainable parameters in `dtype` (the trainer's master weights), in place;
         frozen modules keep theirs. Returns the number of elements whose dtype changed."""
-        changed = 0
-        for params in self.parameter_groups().values():
-            for param in params:
-                if param.dtype != dtype:
-                    param.data = param.data.to(dtype)  # the same Parameter: ties survive
-                    changed += param.numel()
-        return changed
+        return cast_parameters(self.parameter_groups(), dtype)
 
     # ------------------------------------------------------------------ prompts
 
     def understanding_prompt(self, question: str, options: Sequence[str] | None = None) -> str:
         """The chat text of one understanding turn (image placeholder, instruction, question)."""
-        letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-        if options and len(options) > len(letters):
-            raise ValueError(f"{len(options)} options for {question!r}; at most 26 get letters")
-        if options:
-            question = (
-                question + "\n" + "\n".join(f"{letters[i]}. {opt}" for i, opt in enumerate(options))
-            )
-        user = self.rollout_config.und_prompt_template.replace("{question}", question)
+        from pairuni.policy.prompts import format_question
+
+        user = format_question(question, options, self.rollout_config.und_prompt_template)
         messages = [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user}]}
         ]

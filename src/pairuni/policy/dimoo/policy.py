@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pairuni.policy.base import RolloutBatch
+from pairuni.policy.base import RolloutBatch, cast_parameters
 from pairuni.policy.dimoo.config import DimooRolloutConfig
 from pairuni.policy.dimoo.sampling import ImageSampling, Rollout, TextSampling
+from pairuni.policy.prompts import format_question
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from pairuni.policy.dimoo.sequence import Branch, Layout
 
 TRAINABLE = ("language_model",)
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 @dataclasses.dataclass
@@ -102,16 +102,6 @@ def _branch(record: RolloutBatch, prefix: str) -> Branch:
         positions=getattr(record, f"{prefix}_positions"),
         prompt_lengths=getattr(record, f"{prefix}_instruction_len"),
     )
-
-
-def format_question(question: str, options: Sequence[str] | None, template: str) -> str:
-    """The user text of an understanding turn: the question, its lettered options, the
-    template (the same text as the Janus backend's)."""
-    if options and len(options) > len(LETTERS):
-        raise ValueError(f"{len(options)} options for {question!r}; at most 26 get letters")
-    if options:
-        question += "\n" + "\n".join(f"{LETTERS[i]}. {opt}" for i, opt in enumerate(options))
-    return template.replace("{question}", question)
 
 
 class DimooPolicy:
@@ -216,12 +206,7 @@ class DimooPolicy:
 
     def cast_trainable(self, dtype: torch.dtype) -> int:
         """Hold the trainable parameters in `dtype` (the trainer's master weights), in place."""
-        changed = 0
-        for param in self.parameter_groups()["language_model"]:
-            if param.dtype != dtype:
-                param.data = param.data.to(dtype)
-                changed += param.numel()
-        return changed
+        return cast_parameters(self.parameter_groups(), dtype)
 
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:
@@ -263,10 +248,10 @@ class DimooPolicy:
         """Per-row sampler seeds drawn from `generator` (an int seeds a fresh one)."""
         if isinstance(generator, int):
             generator = torch.Generator().manual_seed(generator)
-        if generator is not None and generator.device.type != "cpu":
-            generator = torch.Generator().manual_seed(int(generator.initial_seed()))
-        draw = torch.randint(0, 2**62, (count,), generator=generator)
-        return [int(s) for s in draw]
+        # drawn on the generator's own device, so that its state advances as for any draw
+        device = generator.device if generator is not None else None
+        draw = torch.randint(0, 2**62, (count,), generator=generator, device=device)
+        return [int(s) for s in draw.tolist()]
 
     # ------------------------------------------------------------------ understanding
 
