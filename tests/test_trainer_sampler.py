@@ -14,8 +14,9 @@ from pairuni.config import ConfigError, load_config
 from pairuni.data.schema import Pair
 from pairuni.policy.base import TextRollout
 from pairuni.training import checkpoint as ckpt
+from pairuni.training import runs
 from pairuni.training.config import DataConfig
-from pairuni.training.sampler import PairSampler, derive_seed, filter_pairs
+from pairuni.training.sampler import PairSampler, derive_seed, filter_pairs, filter_report
 from pairuni.training.tracking import truncate_metrics
 from pairuni.training.trainer import concat_rollouts, lr_lambda, pair_columns
 
@@ -117,8 +118,12 @@ def test_filters_keep_the_requested_kinds_and_similarities() -> None:
     # s_p = 0.5 + 0.04 i: >= 0.7 keeps retrieved pairs i >= 5 (5, 7, 8) and all aligned ones
     high = filter_pairs(PAIRS, DataConfig(min_similarity=0.7))
     assert ids(high) == ["p0", "p3", "p5", "p6", "p7", "p8", "p9"]
-    with pytest.raises(ValueError, match="no pairs left"):
+    with pytest.raises(ValueError, match="no pairs to train on"):
         sampler(kinds="retrieved", min_similarity=0.99)
+    report = filter_report(PAIRS, DataConfig(kinds="retrieved", min_similarity=0.99))
+    assert "data.kinds=retrieved removed 4 of 10" in report
+    assert "data.min_similarity=0.99 removed 6 of 10" in report
+    assert "(the file holds 4 aligned, 6 retrieved)" in report
 
 
 def test_lr_schedule_matches_hand_computed_values() -> None:
@@ -170,8 +175,8 @@ def test_latest_checkpoint_ignores_incomplete_and_temporary_ones(tmp_path: Path)
     (tmp_path / "checkpoint-12").mkdir()  # no state file: killed mid-save by an old version
     (tmp_path / ".tmp-checkpoint-14").mkdir()
     assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
-    ckpt.rotate(tmp_path, keep=1)
-    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [10]
+    runs.rotate(tmp_path, keep=1, branch="b")  # these checkpoints carry no branch: kept
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 10]
     assert not (tmp_path / ".tmp-checkpoint-14").exists()
 
 

@@ -73,7 +73,8 @@ def eval_run(
     from pairuni.eval.layout import BenchmarkDataError, MissingPredictionsError
     from pairuni.eval.runner import run_eval
     from pairuni.eval.wise import JudgeError
-    from pairuni.policy.janus import CheckpointError, PromptTooLongError
+    from pairuni.policy.janus import PromptTooLongError
+    from pairuni.policy.registry import load_errors
 
     cfg = load_config_or_exit(config, set_)
     try:
@@ -94,8 +95,8 @@ def eval_run(
         EvalSetupError,
         BenchmarkDataError,
         MissingPredictionsError,
-        CheckpointError,
         PromptTooLongError,
+        *load_errors(),  # a checkpoint of any backend that cannot be loaded
         DataError,  # a damaged predictions.jsonl line
         JudgeError,
         FileNotFoundError,  # BenchmarkNotFoundError, a missing detector or CLIP directory

@@ -38,6 +38,25 @@ def resolve_backend(backend: str, path: str | Path | None) -> str:
     return backend_of(path) or "janus"
 
 
+LOAD_ERRORS = (
+    "pairuni.policy.janus:CheckpointError",
+    "pairuni.policy.lora:LoraError",
+    "pairuni.policy.dimoo.model:DimooCheckpointError",
+)
+"""The exceptions a backend raises for a checkpoint it cannot load (a missing file or key, a
+mismatched adapter): their messages name the file and the fix, so commands print them without
+a traceback."""
+
+
+def load_errors() -> tuple[type[Exception], ...]:
+    """Every backend's checkpoint-loading exception classes (`LOAD_ERRORS`), imported."""
+    found = []
+    for entry in LOAD_ERRORS:
+        module, name = entry.split(":")
+        found.append(getattr(importlib.import_module(module), name))
+    return tuple(found)
+
+
 def policy_class(backend: str) -> type:
     module, name = BACKENDS[backend].split(":")
     return getattr(importlib.import_module(module), name)

@@ -24,6 +24,7 @@ import inspect
 import logging
 import math
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,14 +219,51 @@ class BuiltReward:
     fn: RewardFn
 
 
+class RewardTimeoutError(RewardError):
+    """A reward call that did not return within `rewards.timeout_s`."""
+
+
 def call_reward(
-    reward: BuiltReward, prompts: list[str], outputs: list[Any], columns: Mapping[str, list[Any]]
+    reward: BuiltReward,
+    prompts: list[str],
+    outputs: list[Any],
+    columns: Mapping[str, list[Any]],
+    timeout_s: float | None = None,
 ) -> list[float | None]:
-    """Call one reward (awaiting it when it is async) and check what it returned."""
-    result = reward.fn(list(prompts), list(outputs), **columns)
-    if inspect.isawaitable(result):
-        result = _run_coroutine(result)
+    """Call one reward (awaiting it when it is async) and check what it returned. With a
+    timeout the call runs in a worker thread: a reward that never returns raises
+    `RewardTimeoutError` after `timeout_s` (its thread is left behind, as a daemon, since
+    Python cannot stop a thread)."""
+
+    def call() -> Any:
+        result = reward.fn(list(prompts), list(outputs), **columns)
+        return _run_coroutine(result) if inspect.isawaitable(result) else result
+
+    result = call() if timeout_s is None else _call_with_timeout(reward.name, call, timeout_s)
     return check_reward_values(reward.name, result, len(prompts))
+
+
+def _call_with_timeout(name: str, call: Callable[[], Any], timeout_s: float) -> Any:
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as err:  # re-raised in the caller's thread
+            outcome["error"] = err
+
+    worker = threading.Thread(target=run, name=f"reward-{name}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise RewardTimeoutError(
+            f"reward {name!r} did not return within rewards.timeout_s={timeout_s:g} s (a reward "
+            "server that hangs, a model stuck on its device); raise rewards.timeout_s if it "
+            "legitimately takes longer"
+        )
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _run_coroutine(awaitable: Any) -> Any:
@@ -253,11 +291,17 @@ def check_reward_values(name: str, values: Any, expected: int) -> list[float | N
             checked.append(None)
             continue
         try:
-            checked.append(float(value))
+            number = float(value)
         except (TypeError, ValueError):
             raise RewardError(
                 f"reward {name!r} returned {value!r} at index {index}; expected a float or None"
             ) from None
+        if math.isinf(number):
+            raise RewardError(
+                f"reward {name!r} returned {number} at index {index}; a reward must be finite "
+                "(return None, or NaN, for a sample it cannot score)"
+            )
+        checked.append(number)
     return checked
 
 
@@ -279,9 +323,12 @@ class RewardSet:
         self,
         rewards: Mapping[Task, Sequence[BuiltReward]],
         on_reward_error: OnError = "raise",
+        timeout_s: float | None = None,
     ) -> None:
         self.rewards: dict[Task, list[BuiltReward]] = {t: list(rewards.get(t, [])) for t in TASKS}
         self.on_reward_error = on_reward_error
+        self.timeout_s = timeout_s
+        self._warned_all_none: set[str] = set()
         for task, items in self.rewards.items():
             names = [r.name for r in items]
             duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -302,7 +349,25 @@ class RewardSet:
                 except RewardError as err:
                     raise RewardError(f"rewards.{task}[{index}]: {err}") from err
                 built[task].append(BuiltReward(spec.key, spec.weight, fn))
-        return cls(built, on_reward_error=config.on_reward_error)
+        return cls(
+            built,
+            on_reward_error=config.on_reward_error,
+            timeout_s=getattr(config, "timeout_s", None),
+        )
+
+    def check_ready(self) -> None:
+        """Ask every reward that can tell (`check_health()`, e.g. the `http` reward) whether it
+        is ready; a RewardError naming the task and reward otherwise. Called before the first
+        rollout so that a server that is down fails the run at once."""
+        for task, items in self.rewards.items():
+            for reward in items:
+                check = getattr(reward.fn, "check_health", None)
+                if not callable(check):
+                    continue
+                try:
+                    check()
+                except RewardError as err:
+                    raise RewardError(f"rewards.{task} {reward.name!r}: {err}") from err
 
     def __call__(
         self,
@@ -349,7 +414,7 @@ class RewardSet:
     ) -> list[float | None]:
         metrics[f"rewards/{reward.name}/errors"] = 0.0
         try:
-            values = call_reward(reward, prompts, outputs, columns)
+            values = call_reward(reward, prompts, outputs, columns, self.timeout_s)
         except Exception as err:
             first = prompts[0][:80] if prompts else ""
             message = (
@@ -363,6 +428,17 @@ class RewardSet:
             logger.warning("%s; its values are NaN for this batch", message)
             metrics[f"rewards/{reward.name}/errors"] = 1.0
             return [None] * len(prompts)
+        if values and all(v is None for v in values) and reward.name not in self._warned_all_none:
+            self._warned_all_none.add(reward.name)
+            logger.warning(
+                "reward %r returned None for all %d %s samples of a batch: it gives no signal "
+                "there (is it the right reward for this data?); warned once, counted in "
+                "rewards/%s/none",
+                reward.name,
+                len(values),
+                task,
+                reward.name,
+            )
         nan_count = sum(1 for v in values if v is not None and math.isnan(v))
         if nan_count:
             logger.warning(

@@ -109,6 +109,16 @@ class RewardsConfig(Section):
     `nan` logs the reward's name and the exception and gives the whole batch NaN for that reward
     (excluded like None; a sample with no other reward gets no advantage)."""
 
+    timeout_s: float | None = Field(600.0, gt=0)
+    """The longest one reward may take on one batch; past it the call counts as a failed reward
+    (handled by `on_reward_error`), so a reward that never returns cannot hang the run. `null`:
+    wait for ever."""
+
+    max_rewardless_steps: int | None = Field(5, ge=1)
+    """Stop the run when a task has had no finite reward on any of its samples for this many
+    consecutive steps (a reward server that is down under `on_reward_error: nan`, a reward that
+    returns only None): such steps train that task on no signal. `null`: never stop."""
+
     @model_validator(mode="after")
     def _check_tasks(self) -> RewardsConfig:
         from pairuni.rewards.base import get_reward, is_file_spec

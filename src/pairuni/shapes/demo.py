@@ -247,16 +247,17 @@ def evaluate_model(model_path: str, cfg: Any, settings: DemoSettings) -> dict[st
 
 def train_model(out: Path, cfg: Any, state: DemoState) -> dict[str, Any]:
     """PairGRPO from the state's base model on its pairs into `out/train` (resumes)."""
-    from pairuni.training.checkpoint import latest_checkpoint
+    from pairuni.training.runs import head_checkpoint
     from pairuni.training.trainer import PairGRPOTrainer
 
     cfg.model.path = state.data["base_model"]["result"]["path"]
     cfg.data.path = state.data["pairs"]["result"]["path"]
     cfg.train.out_dir = str(out / "train")
     cfg.train.save_every = min(cfg.train.save_every, cfg.train.max_steps)
-    trainer = PairGRPOTrainer(cfg, resume=latest_checkpoint(Path(cfg.train.out_dir)) is not None)
+    cfg.train.existing_run = "overwrite"  # the folder is the demo's own: a run killed early
+    trainer = PairGRPOTrainer(cfg, resume=head_checkpoint(Path(cfg.train.out_dir)) is not None)
     trainer.train()
-    final = latest_checkpoint(Path(cfg.train.out_dir))
+    final = head_checkpoint(Path(cfg.train.out_dir))
     assert final is not None, "the trainer saves a checkpoint at its last step"
     return {
         "model": str(final / "model"),

@@ -8,7 +8,8 @@
         trainer_state.json     step, data position, config
 
 A checkpoint is written into `.tmp-checkpoint-{step}/` and renamed when complete, so a process
-killed while saving never leaves a directory that `latest_checkpoint` would pick.
+killed while saving never leaves a directory that `latest_checkpoint` would pick. Which run and
+branch a checkpoint belongs to, and which ones rotation may delete: `runs.py`.
 """
 
 from __future__ import annotations
@@ -50,16 +51,6 @@ def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(out_dir: Path) -> Path | None:
     found = list_checkpoints(out_dir)
     return found[-1][1] if found else None
-
-
-def rotate(out_dir: Path, keep: int | None) -> None:
-    """Delete all but the newest `keep` checkpoints (and stale temporary ones)."""
-    for stale in out_dir.glob(".tmp-checkpoint-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    if keep is None:
-        return
-    for _, path in list_checkpoints(out_dir)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def rng_state() -> dict[str, Any]:

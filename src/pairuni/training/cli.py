@@ -21,33 +21,61 @@ def train(
         Path | None,
         typer.Option("--resume-from", help="Continue from this checkpoint-{step} directory."),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Delete an earlier run's checkpoints and metrics in train.out_dir before a "
+            "fresh start (train.existing_run=overwrite).",
+        ),
+    ] = False,
+    move_aside: Annotated[
+        bool,
+        typer.Option(
+            "--move-aside",
+            help="Move an earlier run in train.out_dir to <out_dir>.previous-<time> before a "
+            "fresh start (train.existing_run=move_aside).",
+        ),
+    ] = False,
 ) -> None:
     """Train a policy with PairGRPO (single process, or under `accelerate launch` / `torchrun`).
 
-    Writes train.out_dir/{config.yaml, metrics.jsonl, samples/, checkpoint-{step}/}.
-    See docs/training.md.
+    Writes train.out_dir/{config.yaml, run.json, metrics.jsonl, samples/, checkpoint-{step}/}.
+    A fresh run refuses a folder that holds another run (--resume, --overwrite, --move-aside);
+    resuming from an older checkpoint starts a new branch and moves the later checkpoints to
+    out_dir/superseded/. See docs/training.md.
     """
     import logging
 
-    cfg = load_config_or_exit(config, set_)
+    if overwrite and move_aside:
+        fail("pass at most one of --overwrite and --move-aside")
+    extra = ["train.existing_run=overwrite"] if overwrite else []
+    extra += ["train.existing_run=move_aside"] if move_aside else []
+    cfg = load_config_or_exit(config, [*(set_ or []), *extra])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     check_paths(cfg)
     from pairuni.data.errors import DataError
-    from pairuni.policy.janus import CheckpointError
-    from pairuni.policy.lora import LoraError
+    from pairuni.policy.registry import load_errors
     from pairuni.rewards.base import RewardError
+    from pairuni.training.distributed import CollectiveTimeoutError
     from pairuni.training.trainer import PairGRPOTrainer, TrainingSetupError
 
     target: Path | bool | None = resume_from if resume_from is not None else resume
     try:
         trainer = PairGRPOTrainer(cfg, resume=target)
-    except (DataError, CheckpointError, LoraError, RewardError, TrainingSetupError) as err:
+    except (
+        DataError,
+        RewardError,
+        TrainingSetupError,
+        CollectiveTimeoutError,
+        *load_errors(),
+    ) as err:
         fail(str(err))
     except FileNotFoundError as err:
         fail(str(err))
     try:
         metrics = trainer.train()
-    except (DataError, RewardError) as err:
+    except (DataError, RewardError, CollectiveTimeoutError) as err:
         fail(str(err))
     summary = ", ".join(
         f"{k}={metrics[k]:.4g}" for k in ("loss", "und/reward", "gen/reward") if k in metrics

@@ -176,7 +176,20 @@ class TrainConfig(Section):
     """Write a checkpoint every this many steps (and always at the last step)."""
 
     save_total_limit: int | None = Field(3, ge=1)
-    """Keep only the latest N checkpoints (`null`: keep all)."""
+    """Keep only the latest N checkpoints of this run's branch (`null`: keep all). Checkpoints
+    of an earlier run or of another branch in the same folder are never deleted."""
+
+    existing_run: Literal["refuse", "overwrite", "move_aside"] = "refuse"
+    """A fresh run (or a branch from another folder's checkpoint) whose `out_dir` already holds
+    another run's checkpoints or metrics: `refuse` stops with an error (the default: nothing is
+    lost); `overwrite` deletes that run's files (`--overwrite`); `move_aside` moves them to
+    `<out_dir>.previous-<time>` (`--move-aside`). Files of your own there are never touched."""
+
+    collective_timeout_s: float = Field(600.0, gt=0)
+    """Multi-process runs: how long a process waits in a collective (a gradient all-reduce, a
+    reward gather, a barrier) for the others before the run stops with an error naming the
+    process that stopped answering (torch's default is 30 min). The main process's evaluation
+    (`eval_every`) is waited for as long as its heartbeat is alive."""
 
     @model_validator(mode="after")
     def _check_eval(self) -> TrainConfig:

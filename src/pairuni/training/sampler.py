@@ -18,6 +18,7 @@ its step.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,15 +68,28 @@ class StepBatch:
 
 def filter_pairs(pairs: Sequence[Pair], config: DataConfig) -> list[Pair]:
     """The pairs `data.kinds` and `data.min_similarity` keep, in file order."""
-    kept = []
-    for pair in pairs:
-        if config.kinds != "all" and pair.kind != config.kinds:
-            continue
-        low = config.min_similarity
-        if low is not None and pair.kind == "retrieved" and (pair.similarity or 0.0) < low:
-            continue
-        kept.append(pair)
-    return kept
+    return [pair for pair in pairs if _rejecting_filter(pair, config) is None]
+
+
+def _rejecting_filter(pair: Pair, config: DataConfig) -> str | None:
+    """The setting that drops `pair` (None: it is kept)."""
+    if config.kinds != "all" and pair.kind != config.kinds:
+        return f"data.kinds={config.kinds}"
+    low = config.min_similarity
+    if low is not None and pair.kind == "retrieved" and (pair.similarity or 0.0) < low:
+        return f"data.min_similarity={low}"
+    return None
+
+
+def filter_report(pairs: Sequence[Pair], config: DataConfig) -> str:
+    """How many of `pairs` each data filter removes, e.g. `data.kinds=aligned removed 12 of
+    12`: what an empty training set is explained with."""
+    removed = Counter(_rejecting_filter(pair, config) for pair in pairs)
+    removed.pop(None, None)
+    parts = [f"{name} removed {count} of {len(pairs)}" for name, count in removed.most_common()]
+    kinds = Counter(pair.kind for pair in pairs)
+    held = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+    return f"{'; '.join(parts) or 'no filter removed any'} (the file holds {held})"
 
 
 class PairSampler:
@@ -86,8 +100,8 @@ class PairSampler:
     ) -> None:
         if not pairs:
             raise ValueError(
-                "no pairs left to train on after the data filters (data.kinds="
-                f"{config.kinds}, data.min_similarity={config.min_similarity}); relax them"
+                "no pairs to train on (data.kinds="
+                f"{config.kinds}, data.min_similarity={config.min_similarity})"
             )
         self.pairs = list(pairs)
         self.config = config

@@ -56,7 +56,12 @@ class Tracker:
         if "tensorboard" in report_to:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(out_dir / "tensorboard" / run_name))
+            # a resumed run logs steps resume_step+1.. again: TensorBoard's readers drop the
+            # earlier run's events from `purge_step` on, so no tag holds a step twice
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(
+                log_dir=str(out_dir / "tensorboard" / run_name), purge_step=purge
+            )
         if "wandb" in report_to:
             try:
                 import wandb

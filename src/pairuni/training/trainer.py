@@ -55,10 +55,18 @@ from pairuni.policy.base import (
 from pairuni.rewards.base import RewardSet
 from pairuni.rl.objective import TaskAdvantages, TaskBatch, task_advantages, task_loss
 from pairuni.training import checkpoint as ckpt
+from pairuni.training import runs
 from pairuni.training.distributed import Collective
 from pairuni.training.evaluation import TrainingEval
 from pairuni.training.precision import CompensatedAdamW, autocast, compute_dtype
-from pairuni.training.sampler import PairSampler, StepBatch, filter_pairs, make_generator
+from pairuni.training.resume import config_changes, refusal_message
+from pairuni.training.sampler import (
+    PairSampler,
+    StepBatch,
+    filter_pairs,
+    filter_report,
+    make_generator,
+)
 from pairuni.training.sharding import (
     ShardingError,
     ShardingPlan,
@@ -155,6 +163,9 @@ class StepScores:
 
     total: dict[str, torch.Tensor]
     per_reward: dict[str, dict[str, torch.Tensor]]
+    failures: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    """Per task: `rewards/{name}/errors` (failed calls, summed over processes) and
+    `rewards/{name}/none` (samples it gave None or NaN)."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -253,7 +264,9 @@ class PairGRPOTrainer:
         self.train_cfg = config.train
         self.algo = config.algo
         self.out_dir = Path(config.train.out_dir)
-        self.dist = Collective(cpu=config.model.device == "cpu")
+        self.dist = Collective(
+            cpu=config.model.device == "cpu", timeout_s=config.train.collective_timeout_s
+        )
         if self.train_cfg.pairs_per_step % self.dist.world_size:
             raise TrainingSetupError(
                 f"train.pairs_per_step={self.train_cfg.pairs_per_step} is not divisible by the "
@@ -269,9 +282,17 @@ class PairGRPOTrainer:
         self.rollout_chunk = chunk
         seed_everything(config.seed)
         self.resume_from = self._find_resume(resume)
+        self.run_plan = self._plan_run(resume)
         self.pairs = self._load_pairs()
+        kept = filter_pairs(self.pairs, config.data)
+        if not kept:
+            raise TrainingSetupError(
+                f"no pairs of {config.data.path} are left to train on after the data filters: "
+                f"{filter_report(self.pairs, config.data)}; relax data.kinds / "
+                "data.min_similarity"
+            )
         self.sampler = PairSampler(
-            filter_pairs(self.pairs, config.data),
+            kept,
             config.data,
             self.train_cfg.pairs_per_step,
             config.seed,
@@ -286,6 +307,10 @@ class PairGRPOTrainer:
         self._set_master_weights()
         self.sharding = self._shard_policy()
         self.reward_set = reward_set or RewardSet.from_config(config.rewards)
+        check_ready = getattr(self.reward_set, "check_ready", None)  # a user's own set may lack it
+        if callable(check_ready):
+            check_ready()  # a reward server that is down fails now, not after the first rollout
+        self.rewardless_steps = {key: 0 for key in self.specs}
         self.ref_policy = self._build_reference() if self.algo.beta > 0 else None
         self.params = [p for group in self.policy.parameter_groups().values() for p in group]
         self.optimizer = self._build_optimizer()
@@ -302,13 +327,25 @@ class PairGRPOTrainer:
         if not resume:
             return None
         if resume is True or resume == "latest":
-            found = ckpt.latest_checkpoint(self.out_dir)
+            found = runs.head_checkpoint(self.out_dir)
             if found is None:
                 logger.warning("no checkpoint in %s to resume from; starting fresh", self.out_dir)
             return found
         path = Path(resume)
         ckpt.read_state(path)  # fails clearly if incomplete
         return path
+
+    def _plan_run(self, resume: str | Path | bool | None) -> runs.RunPlan:
+        """What this start does to out_dir (every process decides the same, nothing is changed
+        yet): refuses to start over another run's checkpoints and metrics."""
+        existing = self.train_cfg.existing_run
+        nothing_to_resume = bool(resume) and self.resume_from is None
+        if nothing_to_resume and not ckpt.list_checkpoints(self.out_dir):
+            existing = "overwrite"  # --resume of a run killed before its first checkpoint
+        try:
+            return runs.plan_start(self.out_dir, self.resume_from, existing)
+        except runs.RunFolderError as err:
+            raise TrainingSetupError(str(err)) from err
 
     def _load_pairs(self) -> list[Pair]:
         from pairuni.data import check_images, read_records
@@ -330,6 +367,12 @@ class PairGRPOTrainer:
             )
         if records.skipped and self.dist.is_main:
             logger.warning("%s", records.summary())
+        if not records.records:
+            raise TrainingSetupError(
+                f"data.path {data.path} holds no pairs to train on: "
+                + (records.summary() if records.skipped else "the file is empty")
+                + "; build one with `pairuni pairs build` (docs/pairing.md)"
+            )
         self.data_summary = records.summary()
         self.base_dir = records.base_dir
         return list(records.records)
@@ -454,13 +497,16 @@ class PairGRPOTrainer:
         return evaluation
 
     def _evaluate(self) -> None:
-        """Evaluate the current policy (main process; the others wait) and log the scores."""
-        if self.dist.is_main:
+        """Evaluate the current policy (main process; the others wait, however long it takes,
+        while its heartbeat lives) and log the scores."""
+
+        def evaluate() -> None:
             with self._autocast():
                 metrics = self.evaluation.run(self.step, self.policy, self.config.model)
             if self.tracker is not None:
                 self.tracker.log(self.step, metrics)
-        self.dist.barrier()
+
+        self.dist.run_on_main(f"evaluation at step {self.step}", evaluate)
 
     def _build_reference(self) -> LogProbScorer:
         """pi_ref for the KL term (algo.beta > 0): the policy's frozen initial model
@@ -512,39 +558,48 @@ class PairGRPOTrainer:
             unit="step",
             disable=not (self.dist.is_main and self.config.logging.progress_bar),
         )
-        while self.step < cfg.max_steps:
-            start = time.perf_counter()
-            batch = self._sample_batch(self.step)
-            rollouts = self._rollout(batch)
-            rollout_time = time.perf_counter() - start
-            scores = self._score(batch, rollouts)
-            advantages = self._advantages(batch, scores)
-            metrics = self._metrics(batch, rollouts, scores, advantages)
-            for iteration in range(self.algo.num_iterations):
-                metrics.update(self._update(rollouts, advantages, iteration))
-            self.step += 1
-            metrics.update({"time/rollout": rollout_time, "time/step": time.perf_counter() - start})
-            self._log(metrics, batch, rollouts, scores)
-            if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
-                self._save()
-            if self.evaluation.due(self.step):
-                self._evaluate()
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics.get('loss', math.nan):.4f}")
-        bar.close()
-        if self.tracker is not None:
-            self.tracker.close()
+        try:
+            while self.step < cfg.max_steps:
+                metrics = self._train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics.get('loss', math.nan):.4f}")
+        finally:  # a run stopped by an error still flushes its TensorBoard events
+            bar.close()
+            if self.tracker is not None:
+                self.tracker.close()
+        return metrics
+
+    def _train_step(self) -> dict[str, float]:
+        """One PairGRPO step (rollout, rewards, advantages, updates), logged, saved and
+        evaluated when due; returns its metrics."""
+        cfg = self.train_cfg
+        start = time.perf_counter()
+        batch = self._sample_batch(self.step)
+        self.dist.stage = f"rollout of step {self.step + 1}"
+        rollouts = self._rollout(batch)
+        rollout_time = time.perf_counter() - start
+        self.dist.stage = f"rewards of step {self.step + 1}"
+        scores = self._score(batch, rollouts)
+        self.dist.stage = f"update of step {self.step + 1}"
+        advantages = self._advantages(batch, scores)
+        metrics = self._metrics(batch, rollouts, scores, advantages)
+        for iteration in range(self.algo.num_iterations):
+            metrics.update(self._update(rollouts, advantages, iteration))
+        self.step += 1
+        metrics.update({"time/rollout": rollout_time, "time/step": time.perf_counter() - start})
+        self._log(metrics, batch, rollouts, scores)
+        self._check_reward_signal(scores)
+        if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
+            self._save()
+        if self.evaluation.due(self.step):
+            self._evaluate()
         return metrics
 
     def _start_run(self) -> None:
         if self.dist.is_main:
-            if self.resume_from is None and ckpt.latest_checkpoint(self.out_dir) is not None:
-                logger.warning(
-                    "%s already holds checkpoints; starting a fresh run over them (pass --resume "
-                    "to continue the old run instead)",
-                    self.out_dir,
-                )
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            runs.prepare(self.run_plan, self.step)
+            if self.run_plan.describe():
+                logger.warning("%s", self.run_plan.describe())
             (self.out_dir / "config.yaml").write_text(dump_config(self.config), encoding="utf-8")
             log = self.config.logging
             self.tracker = Tracker(
@@ -616,11 +671,12 @@ class PairGRPOTrainer:
         local = self._local_range()
         totals: dict[str, torch.Tensor] = {}
         per_reward: dict[str, dict[str, torch.Tensor]] = {}
+        failures: dict[str, dict[str, float]] = {}
         for task in rollouts:
             spec, k = task.spec, task.spec.num_samples
             pairs = spec.pairs(batch)
             mine = [pairs[i] for i in local]
-            total, values, _ = self.reward_set(
+            total, values, reward_metrics = self.reward_set(
                 spec.name,
                 [spec.prompt(p) for p in mine for _ in range(k)],
                 spec.outputs(task.rollout),
@@ -628,7 +684,40 @@ class PairGRPOTrainer:
             )
             totals[spec.key] = self.dist.gather(total)
             per_reward[spec.key] = {name: self.dist.gather(v) for name, v in values.items()}
-        return StepScores(totals, per_reward)
+            failures[spec.key] = self._failure_counts(reward_metrics)
+        return StepScores(totals, per_reward, failures)
+
+    def _failure_counts(self, reward_metrics: dict[str, float]) -> dict[str, float]:
+        """The rewards' `errors` and `none` counts of this step, summed over processes."""
+        keys = sorted(k for k in reward_metrics if k.endswith(("/errors", "/none")))
+        keys = [k for k in keys if k.startswith("rewards/")]
+        summed = self.dist.reduce(torch.tensor([reward_metrics[k] for k in keys]).double())
+        return {k: float(v) for k, v in zip(keys, summed.tolist(), strict=True)}
+
+    def _check_reward_signal(self, scores: StepScores) -> None:
+        """Stop the run when a task has had no finite reward for `rewards.max_rewardless_steps`
+        consecutive steps (every process sees the same gathered rewards, so all stop)."""
+        limit = self.config.rewards.max_rewardless_steps
+        for key, total in scores.total.items():
+            if torch.isfinite(total).any():
+                self.rewardless_steps[key] = 0
+                continue
+            self.rewardless_steps[key] += 1
+            if limit is None or self.rewardless_steps[key] < limit:
+                continue
+            from pairuni.rewards.base import RewardError
+
+            counts = ", ".join(
+                f"{name.removeprefix('rewards/')} {value:g}"
+                for name, value in scores.failures.get(key, {}).items()
+            )
+            raise RewardError(
+                f"{self.specs[key].name}: no finite reward on any sample for {limit} "
+                f"consecutive steps (up to step {self.step}; this step's counts: {counts}), so "
+                "that task trains on no signal. Check the rewards' errors above (a reward server "
+                "that is down, a reward that returns only None); rewards.max_rewardless_steps "
+                "sets how many such steps are tolerated"
+            )
 
     def _advantages(self, batch: StepBatch, scores: StepScores) -> dict[str, TaskAdvantages]:
         """Group-normalised, pair-weighted advantages of the GLOBAL batch, per task."""
@@ -813,6 +902,8 @@ class PairGRPOTrainer:
         out: dict[str, float] = {"epoch": batch.step * batch.size / len(self.sampler.pairs)}
         for task, adv in advantages.items():
             out.update({k: float(v) for k, v in adv.metrics(task).items()})
+            for name, count in scores.failures.get(task, {}).items():
+                out[f"{task}/{name}"] = count
             for name, values in scores.per_reward[task].items():
                 valid = values[~torch.isnan(values)]
                 out[f"{task}/rewards/{name}/mean"] = float(valid.mean()) if len(valid) else math.nan
@@ -905,54 +996,86 @@ class PairGRPOTrainer:
                 "optimizer_updates": self.step * self.algo.num_iterations,
                 "world_size": self.dist.world_size,
                 "sharding": self.sharding.effective,
+                "branch": self.run_plan.branch,
+                "parent": self.run_plan.parent,
                 "config": self.config.model_dump(mode="json"),
             }
             ckpt.write_state(tmp / ckpt.STATE_FILE, state)
             final = ckpt.checkpoint_dir(self.out_dir, self.step)
             if final.exists():
-                shutil.rmtree(final)
+                self._displace(final)
             tmp.rename(final)
-            ckpt.rotate(self.out_dir, self.train_cfg.save_total_limit)
+            runs.rotate(self.out_dir, self.train_cfg.save_total_limit, self.run_plan.branch)
         self.dist.barrier()
+
+    def _displace(self, existing: Path) -> None:
+        """A checkpoint of this step already there: this branch's own (rewritten), or another
+        branch's, which moves to `superseded/` instead of being deleted."""
+        other = runs.branch_of(existing)
+        if other == self.run_plan.branch:
+            shutil.rmtree(existing)
+            return
+        target = self.out_dir / runs.SUPERSEDED / f"{other or 'unnamed'}-displaced"
+        target.mkdir(parents=True, exist_ok=True)
+        existing.rename(target / existing.name)
+        logger.warning("moved %s of branch %s to %s", existing.name, other, target)
 
     def _load_checkpoint(self, path: Path) -> None:
         state = ckpt.read_state(path)
         self.step = int(state["step"])
-        self._warn_if_changed(state.get("config", {}))
+        self._check_resume_config(path, state.get("config", {}))
         optimizer_state = torch.load(path / "optimizer.pt", weights_only=False)
         try:
             self.sharding.load_optimizer_state(self.optimizer, optimizer_state)
         except ShardingError as err:
             raise TrainingSetupError(f"{path / 'optimizer.pt'}: {err}") from err
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        self._apply_optimizer_settings()
         rng_file = path / f"rng_state_{self.dist.rank}.pt"
         if rng_file.is_file():
             ckpt.set_rng_state(torch.load(rng_file, weights_only=False))
         logger.info("resumed from %s at step %d", path, self.step)
 
-    def _warn_if_changed(self, saved: dict[str, Any]) -> None:
-        """A resumed run reproduces the uninterrupted one only with the same data order."""
-        now = self.config.model_dump(mode="json")
-        keys = [
-            ("seed",),
-            ("train", "pairs_per_step"),
-            ("data", "path"),
-            ("data", "mode"),
-            ("data", "kinds"),
-            ("data", "min_similarity"),
-            ("data", "shuffle"),
-        ]
-        changed = []
-        for key in keys:
-            old_value, new_value = saved, now
-            for part in key:
-                old_value = old_value.get(part) if isinstance(old_value, dict) else None
-                new_value = new_value.get(part) if isinstance(new_value, dict) else None
-            if saved and old_value != new_value:
-                changed.append(f"{'.'.join(key)}: {old_value!r} -> {new_value!r}")
-        if changed:
+    def _check_resume_config(self, path: Path, saved: dict[str, Any]) -> None:
+        """Refuse, warn about or apply each changed config key (`training/resume.py`'s rules,
+        docs/training.md)."""
+        changes = config_changes(saved, self.config.model_dump(mode="json"))
+        refused = [c for c in changes if c.rule == "refuse"]
+        if refused:
+            raise TrainingSetupError(refusal_message(str(path), refused))
+        warned = [c for c in changes if c.rule == "warn"]
+        applied = [c for c in changes if c.rule == "apply"]
+        if warned and self.dist.is_main:
             logger.warning(
-                "resuming with a config that changes the data order (%s); the run continues, "
-                "but it will not reproduce the uninterrupted one",
-                "; ".join(changed),
+                "resuming with changed settings that alter the experiment (%s); they apply from "
+                "step %d on, and the run will not reproduce the uninterrupted one",
+                "; ".join(f"{c} ({c.why})" for c in warned),
+                self.step + 1,
             )
+        if applied and self.dist.is_main:
+            logger.info("resuming with %s", "; ".join(str(c) for c in applied))
+
+    def _apply_optimizer_settings(self) -> None:
+        """The optimiser and schedule settings of THIS config over the restored state (which
+        carries the old ones): base learning rate, betas, eps and weight decay in every group,
+        and the learning rate of the next update from the new schedule at the restored update
+        count."""
+        cfg = self.train_cfg
+        for group in self.optimizer.param_groups:
+            group.update(
+                lr=cfg.learning_rate,
+                initial_lr=cfg.learning_rate,
+                betas=(cfg.adam_beta1, cfg.adam_beta2),
+                eps=cfg.adam_epsilon,
+                weight_decay=cfg.weight_decay,
+            )
+        scheduler = self.scheduler
+        scheduler.base_lrs = [cfg.learning_rate] * len(self.optimizer.param_groups)
+        update = scheduler.last_epoch
+        rates = [
+            base * fn(update)
+            for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+        ]
+        for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        scheduler._last_lr = rates  # what get_last_lr() reports for the next update
