@@ -121,3 +121,95 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(
     assert [m["und/reward"] for m in metrics(killed)] == [
         m["und/reward"] for m in metrics(straight)
     ]
+
+
+def worker_pids(launcher: int) -> dict[int, int]:
+    """rank -> pid of the workers torchrun `launcher` started (read from their environment)."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            status = (proc / "status").read_text()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = next(line for line in status.splitlines() if line.startswith("PPid:"))
+        if int(parent.split()[1]) != launcher:
+            continue
+        ranks = [item[5:] for item in environ if item.startswith(b"RANK=")]
+        if ranks:
+            found[int(ranks[0])] = int(proc.name)
+    return found
+
+
+def test_a_frozen_rank_is_named_within_the_collective_timeout(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "frozen"
+    config = write_config(assets, out, max_steps=200, save_every=1000, collective_timeout_s=6)
+    torchrun = [
+        str(BIN / "torchrun"),
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        "-m",
+        "pairuni",
+        "train",
+        "--config",
+        str(config),
+    ]
+    launcher = subprocess.Popen(
+        torchrun, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and launcher.poll() is None:
+            if (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text():
+                break
+            time.sleep(0.1)
+        pids = worker_pids(launcher.pid)
+        assert set(pids) == {0, 1}, f"workers not found: {pids}"
+        os.kill(pids[1], signal.SIGSTOP)  # frozen, not dead: its sockets stay open
+        stopped = time.monotonic()
+        while time.monotonic() - stopped < 90 and Path(f"/proc/{pids[0]}").exists():
+            if "State:\tZ" in Path(f"/proc/{pids[0]}/status").read_text():
+                break
+            time.sleep(0.2)
+        waited = time.monotonic() - stopped
+        os.kill(pids[1], signal.SIGKILL)
+        output, _ = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert waited < 6 + 30, f"rank 0 waited {waited:.0f} s for a frozen rank"
+    assert launcher.returncode != 0
+    assert "rank 1 (last seen" in output and "stopped answering" in output, output[-3000:]
+    assert "train.collective_timeout_s=6" in output
+
+
+MAIN_ONLY_SCRIPT = """
+import time
+from pairuni.training.distributed import Collective
+dist = Collective(cpu=True, timeout_s=2)
+dist.barrier()
+start = time.monotonic()
+result = dist.run_on_main("evaluation", lambda: time.sleep(5) or "done")
+dist.barrier()  # every process is still in step with the others
+print(f"rank {dist.rank} result {result} after {time.monotonic() - start:.1f} s", flush=True)
+"""
+
+
+def test_work_on_the_main_process_may_outlast_the_collective_timeout(tmp_path: Path) -> None:
+    script = tmp_path / "main_only.py"
+    script.write_text(MAIN_ONLY_SCRIPT)
+    torchrun = [
+        str(BIN / "torchrun"),
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(script),
+    ]
+    done = subprocess.run(torchrun, env=env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "rank 0 result done" in done.stdout and "rank 1 result None" in done.stdout
