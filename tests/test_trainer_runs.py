@@ -201,7 +201,7 @@ def test_resume_refuses_a_changed_trainable_set_naming_the_key(
 ) -> None:
     PairGRPOTrainer(config(assets, tmp_path, train={"max_steps": 1})).train()
     model = {"path": str(assets["model"]), "device": "cpu", "trainable": ["language_model"]}
-    with pytest.raises(TrainingSetupError, match="model.trainable") as err:
+    with pytest.raises(TrainingSetupError, match=r"model\.trainable") as err:
         PairGRPOTrainer(config(assets, tmp_path, model=model), resume=True)
     assert "--set model.trainable=" in str(err.value)
 
@@ -306,7 +306,7 @@ def test_a_reward_that_never_returns_times_out() -> None:
 
     built = {"understanding": [BuiltReward("stuck", 1.0, stuck)]}
     start = time.perf_counter()
-    with pytest.raises(RewardError, match="did not return within rewards.timeout_s=0.2"):
+    with pytest.raises(RewardError, match=r"did not return within rewards\.timeout_s=0\.2"):
         RewardSet(built, timeout_s=0.2)("understanding", ["q"], ["a"])
     lenient = RewardSet(built, on_reward_error="nan", timeout_s=0.2)
     total, _, metrics = lenient("understanding", ["q"], ["a"])
@@ -325,7 +325,7 @@ def test_rewards_that_can_tell_are_asked_before_the_first_rollout(
             raise AssertionError("never called")
 
     reward_set = RewardSet({"generation": [BuiltReward("remote", 1.0, Down())]})
-    with pytest.raises(RewardError, match="rewards.generation 'remote': http://127.0.0.1:9"):
+    with pytest.raises(RewardError, match=r"rewards\.generation 'remote': http://127\.0\.0\.1:9"):
         PairGRPOTrainer(config(assets, tmp_path), reward_set=reward_set)
 
 
