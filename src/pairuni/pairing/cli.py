@@ -174,3 +174,56 @@ def stats_cmd(
     except (DataError, FileNotFoundError) as err:
         fail(str(err))
     typer.echo(counts)
+
+
+@pairs_app.command("export")
+def export_cmd(
+    pairs: Annotated[Path, typer.Option("--pairs", "-p", help="The PairUG file to export.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to write.")],
+    format_: Annotated[
+        str, typer.Option("--format", help="The trainer's format: `bagel` (docs/bagel.md).")
+    ] = "bagel",
+    on_bad_record: Annotated[
+        str,
+        typer.Option(
+            "--on-bad-record",
+            help="`error` stops at the first bad pair; `skip` leaves bad pairs out, counts "
+            "them and lists them in <out>/rejects.jsonl.",
+        ),
+    ] = "error",
+    images: Annotated[
+        str, typer.Option(help="`copy` the understanding images, or `link` them (symlinks).")
+    ] = "copy",
+    t2i_shards: Annotated[
+        int,
+        typer.Option(help="Parquet shards of the T2I data; a multiple of GPUs x data workers."),
+    ] = 64,
+    data_root: Annotated[
+        str | None,
+        typer.Option(help="The path of --out on the machine that runs Bagel (default: here)."),
+    ] = None,
+    name: Annotated[
+        str, typer.Option(help="Prefix of the DATASET_INFO keys and of the data files.")
+    ] = "pairug",
+    progress: ProgressOption = True,
+) -> None:
+    """Write the PairUG file in the formats Bagel's trainer reads (SFT, as in the paper)."""
+    from pairuni.data.errors import DataError
+    from pairuni.pairing.export import FORMATS, BagelExportOptions, export_bagel
+
+    if format_ not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}, got {format_!r}")
+    try:
+        options = BagelExportOptions(
+            t2i_shards=t2i_shards,
+            images=images,  # type: ignore[arg-type]
+            data_root=data_root,
+            name=name,
+            on_bad_record=on_bad_record,  # type: ignore[arg-type]
+            progress=progress,
+        )
+        result = export_bagel(pairs, out, options)
+    except (DataError, FileNotFoundError, ValueError, OSError) as err:
+        fail(str(err))
+    typer.echo(result.summary())
+    typer.echo(f"next: register and train as {out / 'README.txt'} says")
