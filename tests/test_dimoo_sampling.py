@@ -205,7 +205,11 @@ def test_image_rows_are_independent_of_the_batch_and_its_padding(model, t2i, ima
         alone = sample_images(model.logits, pad_layout(t2i.select([b]), extra), IMAGE, [SEEDS[b]])
         assert torch.equal(alone.tokens[0], image_rollout.tokens[b])
         assert torch.equal(alone.commit_step[0], image_rollout.commit_step[b])
-        torch.testing.assert_close(alone.logprobs[0], image_rollout.logprobs[b], atol=1e-5, rtol=0)
+        # float32 matmuls of a 1-row and a 3-row batch block differently: a relative 1e-5 slack
+        # on log-probs of magnitude ~2 (the sampled tokens and steps above are exact)
+        torch.testing.assert_close(
+            alone.logprobs[0], image_rollout.logprobs[b], atol=1e-5, rtol=1e-5
+        )
 
 
 def pad_layout(layout: Layout, extra: int) -> Layout:
@@ -341,7 +345,9 @@ def test_text_rows_are_independent_of_the_batch(model, mmu, text_rollout):
         alone = sample_text(model.logits, mmu.select([b]), TEXT, [SEEDS[b]])
         assert torch.equal(alone.tokens[0], text_rollout.tokens[b])
         assert torch.equal(alone.commit_step[0], text_rollout.commit_step[b])
-        torch.testing.assert_close(alone.logprobs[0], text_rollout.logprobs[b], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            alone.logprobs[0], text_rollout.logprobs[b], atol=1e-5, rtol=1e-5
+        )
     padded = sample_text(model.logits, pad_layout(mmu.select([2]), 5), TEXT, [SEEDS[2]])
     assert torch.equal(padded.tokens[0], text_rollout.tokens[2])
 
