@@ -133,6 +133,7 @@ def config_docs(
 # Registration order is the order of `pairuni --help` within each panel.
 app.add_typer(pairs_app, name="pairs", rich_help_panel=PIPELINE)
 app.command("train", rich_help_panel=PIPELINE)(training_cli.train)
+app.command("sft", rich_help_panel=PIPELINE)(training_cli.sft)
 app.add_typer(eval_app, name="eval", rich_help_panel=PIPELINE)
 app.command("generate", rich_help_panel=CHECKPOINT)(policy_cli.generate)
 app.command("answer", rich_help_panel=CHECKPOINT)(policy_cli.answer)

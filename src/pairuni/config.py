@@ -25,7 +25,7 @@ from pairuni.pairing.config import PairingConfig
 from pairuni.policy.config import ModelConfig, RolloutConfig
 from pairuni.rewards.config import RewardsConfig
 from pairuni.rl.config import AlgoConfig
-from pairuni.training.config import DataConfig, LoggingConfig, TrainConfig
+from pairuni.training.config import DataConfig, LoggingConfig, SFTConfig, TrainConfig
 
 
 class PairUniConfig(Section):
@@ -51,6 +51,9 @@ class PairUniConfig(Section):
 
     train: TrainConfig = Field(default_factory=TrainConfig)
     """The training loop: batch sizes, AdamW, schedule, precision, checkpoints."""
+
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    """`pairuni sft`: the two tasks' loss weights, unconditional-prompt share, answer format."""
 
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     """Metrics sinks, sample image grids, gradient agreement."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -944,6 +945,94 @@ class JanusPolicy:
         logits = self._guided(self.model.model.generation_head(hidden), use_cfg)
         return gather_logprobs(logits, rollout.image_ids, self.rollout_config.image_temperature)
 
+    # ------------------------------------------------------------------ supervised targets
+
+    def target_text(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        answers: Sequence[str],
+        options: Sequence[Sequence[str] | None] | None = None,
+    ) -> TextRollout:
+        """A record whose completions ARE `answers` (each + EOS), for supervised fine-tuning:
+        `text_logprobs` of it are the answers' teacher-forced log-probs, in the very prompt
+        format rollouts use. `logprobs` is zeros (nothing was sampled)."""
+        _check_batch(len(questions), 1, "questions")
+        batch = self.encode_understanding(images, questions, options)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        self._ensure_bos(ids, mask)
+        tokenizer = self.processor.tokenizer
+        rows = [
+            [*tokenizer(answer, add_special_tokens=False).input_ids, self.ids.eos[0]]
+            for answer in answers
+        ]
+        length = max(len(row) for row in rows)
+        self._check_context(ids.shape[1], length, "understanding", "shorten the question or answer")
+        completion = torch.full((len(rows), length), self.ids.pad, dtype=torch.long)
+        completion_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            completion[i, : len(row)] = torch.tensor(row)
+            completion_mask[i, : len(row)] = 1
+        pixels = batch["pixel_values"].to(self.vision_dtype)
+        zeros = torch.zeros(completion.shape, dtype=torch.float32)
+        group = torch.arange(len(rows))
+        return TextRollout(
+            ids, mask, pixels, completion, completion_mask, zeros, list(answers), group
+        )
+
+    def target_images(
+        self,
+        prompts: Sequence[str],
+        images: Sequence[Image.Image],
+        unconditional: Sequence[bool] | None = None,
+    ) -> ImageRollout:
+        """A record whose image codes are the VQ codes of `images` (`image_codes`), for
+        supervised fine-tuning; rows flagged `unconditional` get the CFG unconditional prompt
+        (so guidance keeps an unconditional branch to contrast)."""
+        _check_batch(len(prompts), 1, "prompts")
+        batch = self.encode_generation(prompts)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        self._ensure_bos(ids, mask)
+        if unconditional is not None:
+            flags = torch.tensor(list(unconditional), dtype=torch.bool)[:, None]
+            ids = torch.where(flags, self.unconditional_ids(ids), ids)
+        codes = self.image_codes(images).cpu()
+        zeros = torch.zeros(codes.shape, dtype=torch.float32)
+        return ImageRollout(ids, mask, codes, zeros, [], torch.arange(len(prompts)))
+
+    @property
+    def generation_image_size(self) -> int:
+        """The side of the images the VQ tokenizer encodes to `num_image_tokens` codes (384 for
+        Janus-Pro: 24 x 24 codes, 16x downsampling)."""
+        levels = len(self.model.config.vq_config.channel_multiplier)
+        return math.isqrt(self.num_image_tokens) * 2 ** (levels - 1)
+
+    @torch.no_grad()
+    def image_codes(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(B, N) VQ codes of `images` in raster order: centre-cropped to a square, resized to
+        `generation_image_size` (bicubic), scaled to [-1, 1], encoded and quantised to the
+        nearest code by COSINE similarity. Janus's VQ (LlamaGen's, `codebook_l2_norm`) normalises
+        latents and codebook; transformers' `JanusVQVAE.decode` does too, but its `encode`
+        quantises by Euclidean distance to the raw codebook, which picks other codes."""
+        import numpy as np
+        import torch.nn.functional as F
+        from PIL import Image
+
+        side = self.generation_image_size
+        pixels = torch.stack(
+            [
+                torch.from_numpy(np.array(_square(image).resize((side, side), Image.BICUBIC)))
+                for image in images
+            ]
+        )
+        vq = self.model.model.vqmodel
+        dtype = next(vq.parameters()).dtype
+        pixels = pixels.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        latents = vq.quant_conv(vq.encoder(pixels.to(self.device, dtype)))
+        unit = F.normalize(latents.float(), dim=1).permute(0, 2, 3, 1).flatten(1, 2)
+        codebook = F.normalize(vq.quantize.embedding.weight.float(), dim=1)
+        return (unit @ codebook.T).argmax(dim=-1)
+
     @torch.no_grad()
     def decode_images(self, image_ids: torch.Tensor) -> list[Image.Image]:
         """(B, N) codes -> B RGB images, `decode_batch_size` at a time."""
@@ -992,3 +1081,11 @@ class ReferenceView:
 
         with adapters_disabled(self.policy.peft):
             return self.policy.image_logprobs(rollout)
+
+
+def _square(image: Image.Image) -> Image.Image:  # PIL is imported by the caller
+    """The centred square crop of an RGB version of `image`."""
+    image = image.convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image.crop((left, top, left + side, top + side))

@@ -84,6 +84,59 @@ def train(
         typer.echo(f"done: {trainer.step} steps in {cfg.train.out_dir} ({summary})")
 
 
+def sft(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the run's latest checkpoint.")
+    ] = False,
+    resume_from: Annotated[
+        Path | None,
+        typer.Option("--resume-from", help="Continue from this checkpoint-{step} directory."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Delete an earlier run in train.out_dir first.")
+    ] = False,
+    move_aside: Annotated[
+        bool,
+        typer.Option("--move-aside", help="Move an earlier run in train.out_dir aside first."),
+    ] = False,
+) -> None:
+    """Supervised fine-tuning on a pair file: each pair gives one understanding example
+    (image, question -> answer) and one generation example (prompt -> its image's VQ codes),
+    mixed 1:1; the `sft` section sets the loss weights, the unconditional-prompt share and the
+    answer format. Same run folder, checkpoints, resume and distributed modes as `pairuni train`
+    (train.* settings). See docs/sft.md.
+    """
+    import logging
+
+    if overwrite and move_aside:
+        fail("pass at most one of --overwrite and --move-aside")
+    extra = ["train.existing_run=overwrite"] if overwrite else []
+    extra += ["train.existing_run=move_aside"] if move_aside else []
+    cfg = load_config_or_exit(config, [*(set_ or []), *extra])
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    check_paths(cfg)
+    from pairuni.data.errors import DataError
+    from pairuni.policy.registry import load_errors
+    from pairuni.training.distributed import CollectiveTimeoutError
+    from pairuni.training.sft import SFTTrainer
+    from pairuni.training.trainer import TrainingSetupError
+
+    target: Path | bool | None = resume_from if resume_from is not None else resume
+    errors = (DataError, TrainingSetupError, CollectiveTimeoutError, FileNotFoundError)
+    try:
+        trainer = SFTTrainer(cfg, resume=target)
+        metrics = trainer.train()
+    except (*errors, *load_errors()) as err:
+        fail(str(err))
+    summary = ", ".join(
+        f"{k}={metrics[k]:.4g}" for k in ("loss", "und/loss", "gen/loss") if k in metrics
+    )
+    if trainer.dist.is_main:
+        typer.echo(f"done: {trainer.step} SFT steps in {cfg.train.out_dir} ({summary})")
+
+
 def check_paths(cfg: object) -> None:
     """The checks that need no torch: the model and data paths exist."""
     model_path = cfg.model.path  # type: ignore[attr-defined]

@@ -217,6 +217,40 @@ class TrainConfig(Section):
         return self
 
 
+class SFTConfig(Section):
+    """`pairuni sft`: supervised fine-tuning on the pairs (docs/sft.md). Each pair of a step
+    gives one understanding example (its image and question -> its answer) and one generation
+    example (its prompt -> the VQ codes of its image): understanding and generation mixed 1:1 by
+    samples. The loop, batch, optimiser, schedule, checkpoints and resume are `train`'s."""
+
+    und_weight: float = Field(1.0, ge=0)
+    """Weight of the understanding loss (token-mean answer cross-entropy) in the sum."""
+
+    gen_weight: float = Field(1.0, ge=0)
+    """Weight of the generation loss (token-mean image-code cross-entropy) in the sum."""
+
+    uncond_prob: float = Field(0.1, ge=0, lt=1)
+    """Share of generation examples whose prompt is replaced by the unconditional one (the CFG
+    branch), so that classifier-free guidance keeps working after SFT (Janus trains with 10 %)."""
+
+    answer_template: str = "<answer>{answer}</answer>"
+    """The target of an understanding example; `{answer}` is the pair's `und_answer`. The
+    default is the format the RL prompt asks for and `mc_accuracy` reads."""
+
+    @field_validator("answer_template")
+    @classmethod
+    def _has_answer(cls, value: str) -> str:
+        if "{answer}" not in value:
+            raise ValueError("answer_template has no `{answer}` placeholder; add it")
+        return value
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> SFTConfig:
+        if self.und_weight == 0 and self.gen_weight == 0:
+            raise ValueError("sft.und_weight and sft.gen_weight are both 0: nothing to train")
+        return self
+
+
 class LoggingConfig(Section):
     """Metrics (JSONL always; TensorBoard / W&B on request), sample grids, gradient agreement."""
 

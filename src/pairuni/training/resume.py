@@ -46,6 +46,7 @@ RESUME_RULES: dict[str, tuple[Rule, str]] = {
     "train.bf16_update": ("warn", "the rounding of bf16 updates changes"),
     "train.precision": ("warn", "the numerics change"),
     "logging": ("apply", "logging only"),
+    "sft": ("warn", "the supervised objective changes mid-run"),
     "eval": ("apply", "evaluation only"),
     "pairing": ("apply", "not read by `pairuni train`"),
 }
