@@ -72,3 +72,20 @@ def test_dimoo_trains_two_steps_and_its_checkpoint_loads_back(checkpoint, tmp_pa
     assert isinstance(again, DimooPolicy)
     for name, param in again.module.named_parameters():
         assert torch.equal(param, dict(trainer.policy.module.named_parameters())[name])
+
+
+@pytest.mark.parametrize(("override", "named"), [("model.lora={rank: 4}", "model.lora")])
+def test_settings_dimoo_lacks_fail_with_a_message_not_a_traceback(
+    checkpoint, tmp_path, override, named
+):
+    # (train.sharding: fsdp raises the same error, under more than one process only)
+    from typer.testing import CliRunner
+
+    from pairuni.cli import app
+
+    config = tmp_path / "dimoo.yaml"
+    raw = dimoo_config(checkpoint, tmp_path, "mean_field").model_dump(mode="json")
+    config.write_text(json.dumps(raw))
+    result = CliRunner().invoke(app, ["train", "--config", str(config), "--set", override])
+    assert result.exit_code == 2, result.output
+    assert named in result.output and "Traceback" not in result.output

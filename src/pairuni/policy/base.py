@@ -53,6 +53,11 @@ def pad_cat(tensors: Sequence[torch.Tensor], value: float, left: bool) -> torch.
     return torch.cat(padded)
 
 
+class UnsupportedSettingError(ValueError):
+    """A setting the backend does not support (e.g. LoRA or FSDP on a backend without them);
+    the message names the setting and what to use instead."""
+
+
 @dataclasses.dataclass
 class RolloutBatch:
     """Base of the rollout records: every field is a tensor or a list with one entry per row."""

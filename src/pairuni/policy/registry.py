@@ -42,6 +42,7 @@ LOAD_ERRORS = (
     "pairuni.policy.janus:CheckpointError",
     "pairuni.policy.lora:LoraError",
     "pairuni.policy.dimoo.model:DimooCheckpointError",
+    "pairuni.policy.base:UnsupportedSettingError",
 )
 """The exceptions a backend raises for a checkpoint it cannot load (a missing file or key, a
 mismatched adapter): their messages name the file and the fix, so commands print them without

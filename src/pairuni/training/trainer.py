@@ -50,6 +50,7 @@ from pairuni.policy.base import (
     RolloutBatch,
     Task,
     TrainablePolicy,
+    UnsupportedSettingError,
     missing_members,
 )
 from pairuni.rewards.base import RewardSet
@@ -479,7 +480,7 @@ class PairGRPOTrainer:
         try:
             plan = ShardingPlan(self.train_cfg.sharding, self.dist)
             plan.wrap(self.policy, list(cfg.model.trainable))
-        except ShardingError as err:
+        except (ShardingError, UnsupportedSettingError) as err:
             raise TrainingSetupError(str(err)) from err
         return plan
 
