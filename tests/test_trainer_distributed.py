@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from trainer_helpers import make_assets, write_tiny_config
@@ -213,3 +214,37 @@ def test_work_on_the_main_process_may_outlast_the_collective_timeout(tmp_path: P
     done = subprocess.run(torchrun, env=env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "rank 0 result done" in done.stdout and "rank 1 result None" in done.stdout
+
+
+def sft_cmd(config: Path) -> list[str]:
+    return [sys.executable, "-m", "pairuni", "sft", "--config", str(config)]
+
+
+def test_sft_on_two_processes_matches_one_process(assets: dict[str, Path], tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    # aligned pairs only: the demo's retrieved pairs carry no target image
+    settings = {"max_steps": 2, "pairs_per_step": 4}
+    for out in (one, two):
+        path = write_config(assets, out, **settings)
+        raw = yaml.safe_load(path.read_text())
+        raw["data"]["kinds"] = "aligned"
+        path.write_text(yaml.safe_dump(raw))
+    run(sft_cmd(one.parent / f"{one.name}.yaml"))
+    torchrun = [
+        str(BIN / "torchrun"),
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        "-m",
+        "pairuni",
+        "sft",
+        "--config",
+        str(two.parent / f"{two.name}.yaml"),
+    ]
+    run(torchrun)
+    a, b = weights(one, 2), weights(two, 2)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+    for m1, m2 in zip(metrics(one), metrics(two), strict=True):
+        for key in ("und/loss", "gen/loss", "loss"):
+            assert m1[key] == pytest.approx(m2[key], rel=1e-5), key
