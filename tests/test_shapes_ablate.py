@@ -131,15 +131,15 @@ def _results() -> dict[str, Any]:
 def test_table_has_one_row_per_setting_with_mean_std_and_footnote() -> None:
     text = render_table(_results())
     lines = text.splitlines()
-    assert "| base model | the model before RL | 1 | 0.250 | 0.125 | 0.050 | n/a |" in lines
+    assert "| base model | the model before RL | 1 | 0.250 | 0.125 | 0.050 | n/a | n/a |" in lines
     # 0.2, 0.4 -> 0.300 ± 0.141; cosine medians 0.1, 0.3 -> 0.200 ± 0.141
     assert (
         "| random_pairs | Random Pair (Table 5) | 2 | 0.300 ± 0.141 | 0.150 ± 0.071 "
-        "| 0.200 ± 0.141 | 0.200 ± 0.141 |"
+        "| 0.200 ± 0.141 | 0.200 ± 0.141 | not logged |"
     ) in lines
     assert (
         "| generation_only | generation-only (Fig. 8) | 2 | 0.200 ± 0.000 | 0.100 ± 0.000 "
-        "| 0.150 ± 0.071 | n/a¹ |"
+        "| 0.150 ± 0.071 | n/a¹ | n/a¹ |"
     ) in lines
     assert any(line.startswith("¹ single-task settings have no gradient cosine") for line in lines)
     assert "²" not in text  # no two-task setting lacks a cosine
@@ -372,3 +372,17 @@ def test_interrupted_ablation_resumes_without_redoing_runs(
     assert [w.stat().st_mtime_ns for w in weights] == stamps
     assert [r["seed"] for r in results["runs"]["random_pairs"]] == [0, 1]
     assert results["runs"]["random_pairs"][1]["steps"] == 2
+
+
+def test_the_shared_parameter_cosine_is_summarised_beside_the_all_parameter_one() -> None:
+    runs = [
+        {**_run(0.2, 0.1, [0.01, 0.02]), "grad_cosine_shared": [0.3, 0.5, 0.4]},
+        {**_run(0.4, 0.3, [0.0]), "grad_cosine_shared": [0.2]},
+    ]
+    summary = summarize_runs(runs)
+    assert summary["grad_cosine_shared"]["mean"] == pytest.approx(0.3)  # medians 0.4, 0.2
+    rows = [
+        {"step": 1, "grad_cosine": 0.1, "grad_cosine_shared": 0.4},
+        {"step": 2, "grad_cosine": None},
+    ]
+    assert grad_cosines(rows, "grad_cosine_shared") == [0.4]

@@ -5,6 +5,7 @@ accumulation and the gradient-agreement cosine."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,16 @@ def test_grad_cosine_matches_separately_computed_task_gradients(
     g_und, g_gen = task_grad("und"), task_grad("gen")
     expected = float(g_und @ g_gen / (g_und.norm() * g_gen.norm()))
     assert g_und.norm() > 0 and g_gen.norm() > 0
+    # where the tasks meet: the language-model trunk (lm_head is reached by understanding
+    # only, the generation head by generation only), picked by name, independently of the code
+    names = {id(p): n for n, p in trainer.policy.model.named_parameters()}
+    trunk = torch.cat(
+        [torch.full((p.numel(),), names[id(p)].startswith("model.language_model.")) for p in params]
+    )
+    shared = float(g_und[trunk] @ g_gen[trunk] / (g_und[trunk].norm() * g_gen[trunk].norm()))
     metrics = trainer._update(rollouts, advantages, 0)
     assert metrics["grad_cosine"] == pytest.approx(expected, abs=1e-4)
+    assert metrics["grad_cosine_shared"] == pytest.approx(shared, abs=1e-4)
+    assert abs(metrics["grad_cosine_shared"]) > abs(metrics["grad_cosine"])  # undiluted
+    assert math.isnan(metrics["grad_cosine/generation_head"])  # understanding never reaches it
     assert metrics["grad_norm"] == pytest.approx(float((g_und + g_gen).norm()), rel=1e-4)

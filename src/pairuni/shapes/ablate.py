@@ -152,9 +152,10 @@ def mean_std(values: Sequence[float]) -> Stat:
     return Stat(statistics.fmean(values), std, len(values))
 
 
-def grad_cosines(rows: Sequence[dict[str, Any]]) -> list[float]:
-    """The finite `grad_cosine` values of a metrics.jsonl, in step order."""
-    values = [r.get("grad_cosine") for r in rows]
+def grad_cosines(rows: Sequence[dict[str, Any]], key: str = "grad_cosine") -> list[float]:
+    """The finite `key` values (`grad_cosine`: all parameters; `grad_cosine_shared`: the
+    parameters both losses reach) of a metrics.jsonl, in step order."""
+    values = [r.get(key) for r in rows]
     return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
 
@@ -191,6 +192,7 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     sampled = [r["evaluation"].get("understanding_sampled") for r in runs]
     medians = [statistics.median(r["grad_cosine"]) for r in runs if r["grad_cosine"]]
     pooled = [c for r in runs for c in r["grad_cosine"]]
+    shared = [statistics.median(c) for r in runs if (c := r.get("grad_cosine_shared"))]
     return {
         "n": len(runs),
         "mc_accuracy": asdict(mean_std([u["accuracy"] for u in understanding])),
@@ -201,6 +203,8 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "geneval_overall": asdict(mean_std([g["overall"] for g in generation])),
         "grad_cosine": asdict(mean_std(medians)) if medians else None,
         "grad_cosine_pooled_median": statistics.median(pooled) if pooled else None,
+        # runs before the shared-parameter cosine existed lack it
+        "grad_cosine_shared": asdict(mean_std(shared)) if shared else None,
         "per_category": {
             name: asdict(mean_std([u["per_category"][name] for u in understanding]))
             for name in understanding[0]["per_category"]
@@ -234,11 +238,14 @@ def render_table(results: dict[str, Any]) -> str:
         f"seeds {', '.join(map(str, results['seeds']))}. Held-out scores (greedy MC accuracy, "
         "MC accuracy of the policy's samples at temperature 1, averaged over 3 draws; "
         "GenEval-style overall of one CFG image per prompt) as mean ± sample std over seeds; "
-        "grad_cosine is the median over a run's logged steps, then mean ± std over seeds.",
+        "grad_cosine is the median over a run's logged steps, then mean ± std over seeds: over "
+        "all trainable parameters, and over the shared ones (the tensors both losses reach; "
+        "the heads only one loss reaches add zero to the dot product and dilute the "
+        "all-parameter cosine toward 0).",
         "",
         "| setting | paper row | n | MC accuracy (greedy) | MC accuracy (T=1) "
-        "| GenEval-style overall | median grad_cosine |",
-        "|---|---|---|---|---|---|---|",
+        "| GenEval-style overall | median grad_cosine | median grad_cosine (shared) |",
+        "|---|---|---|---|---|---|---|---|",
         _row("base model", "the model before RL", results["base"], "n/a"),
     ]
     notes: set[int] = set()
@@ -272,6 +279,11 @@ def _row(name: str, paper: str, summary: dict[str, Any], missing_cosine: str) ->
         _cell(summary.get("mc_accuracy_sampled"), "n/a"),
         _cell(summary["geneval_overall"], "n/a"),
         _cell(summary["grad_cosine"], missing_cosine),
+        # results written before the shared cosine existed have only the all-parameter one
+        _cell(
+            summary.get("grad_cosine_shared"),
+            missing_cosine if summary["grad_cosine"] is None else "not logged",
+        ),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -487,6 +499,7 @@ def _run(
         "steps": trained["steps"],
         "evaluation": evaluation,
         "grad_cosine": grad_cosines(rows),
+        "grad_cosine_shared": grad_cosines(rows, "grad_cosine_shared"),
         "rewards": {
             "und": reward_curve(rows, UNDERSTANDING_TASK_METRIC),
             "gen": reward_curve(rows, GENERATION_TASK_METRIC),

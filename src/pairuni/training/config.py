@@ -275,7 +275,9 @@ class LoggingConfig(Section):
     """Every N steps log `grad_cosine`: the cosine between the flattened gradient of the
     understanding loss and that of the generation loss over all trainable parameters, on the same
     step's batch (first update of the step, all processes, before clipping) — the paper's Fig. 8
-    diagnostic. Free: the two losses are back-propagated separately anyway. 0 turns it off."""
+    diagnostic — and `grad_cosine_shared` over the parameters both losses reach (the heads only
+    one reaches dilute the first toward 0), and `grad_cosine/{group}` per trainable group.
+    Free: the two losses are back-propagated separately anyway. 0 turns it off."""
 
     progress_bar: bool = True
     """Show a progress bar with ETA on the main process."""

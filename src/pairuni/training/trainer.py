@@ -189,6 +189,13 @@ def lr_lambda(update: int, warmup: int, total: int, kind: str, min_ratio: float)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """cos(a, b) in float64; NaN when either is zero (no signal)."""
+    a, b = a.double(), b.double()
+    norm = a.norm() * b.norm()
+    return float(a @ b / norm) if norm > 0 else math.nan
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -812,7 +819,7 @@ class PairGRPOTrainer:
             spec.loss_weight * metrics.get(f"{spec.key}/loss", 0.0) for spec in self.specs.values()
         )
         if measure:
-            metrics["grad_cosine"] = self._restore_and_compare(task_grads)
+            metrics.update(self._restore_and_compare(task_grads))
         metrics.update(self._optimizer_step())
         return metrics
 
@@ -865,8 +872,13 @@ class PairGRPOTrainer:
             p.grad = None
         return flat
 
-    def _restore_and_compare(self, grads: dict[str, torch.Tensor]) -> float:
-        """cos(g_und, g_gen) over all processes; the parameters get g_und + g_gen back."""
+    def _restore_and_compare(self, grads: dict[str, torch.Tensor]) -> dict[str, float]:
+        """cos(g_und, g_gen) over all processes, over all trainable parameters
+        (`grad_cosine`) and over the SHARED ones only (`grad_cosine_shared`: the tensors both
+        losses reach, e.g. the language-model trunk; a block only one loss reaches, like an
+        output head, adds zero to the dot product and only dilutes the all-parameter cosine
+        toward 0), plus one cosine per parameter group (`grad_cosine/{group}`). The
+        parameters get g_und + g_gen back."""
         first, second = grads.values()  # task order: und, gen
         und, gen = self.dist.reduce(first), self.dist.reduce(second)
         # the local sum goes back: _optimizer_step all-reduces it like any other step
@@ -876,8 +888,23 @@ class PairGRPOTrainer:
             n = p.numel()
             p.grad = total[offset : offset + n].view_as(p).to(p.dtype).clone()
             offset += n
-        norm = und.norm() * gen.norm()
-        return float(und @ gen / norm) if norm > 0 else math.nan
+        out = {"grad_cosine": _cosine(und, gen)}
+        shared = torch.zeros_like(und, dtype=torch.bool)
+        offset = 0
+        for group, params in self.policy.parameter_groups().items():
+            size = sum(p.numel() for p in params)
+            part = slice(offset, offset + size)
+            offset += size
+            if size:
+                out[f"grad_cosine/{group}"] = _cosine(und[part], gen[part])
+        offset = 0
+        for p in self.params:
+            part = slice(offset, offset + p.numel())
+            offset += p.numel()
+            both = bool(und[part].abs().sum() > 0) and bool(gen[part].abs().sum() > 0)
+            shared[part] = both
+        out["grad_cosine_shared"] = _cosine(und[shared], gen[shared])
+        return out
 
     def _optimizer_step(self) -> dict[str, float]:
         if self.sharding.all_reduces_grads:  # FSDP has reduce-scattered them already
