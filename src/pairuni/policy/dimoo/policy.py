@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pairuni.policy.base import RolloutBatch, cast_parameters
+from pairuni.policy.base import RolloutBatch, UnsupportedSettingError, cast_parameters
 from pairuni.policy.dimoo.config import DimooRolloutConfig
 from pairuni.policy.dimoo.sampling import ImageSampling, Rollout, TextSampling
 from pairuni.policy.prompts import format_question
@@ -125,13 +125,13 @@ class DimooPolicy:
         self.ids = model.ids
         unknown = [m for m in self.model_config.trainable if m not in TRAINABLE]
         if unknown:
-            raise ValueError(
+            raise UnsupportedSettingError(
                 f"model.trainable lists {', '.join(unknown)}, which the dimoo backend does not "
                 f"have; it trains {', '.join(TRAINABLE)} (the transformer, its embeddings and "
                 "head); the VQ image tokenizer stays frozen"
             )
         if self.model_config.lora is not None:
-            raise ValueError(
+            raise UnsupportedSettingError(
                 "model.lora is not supported by the dimoo backend yet; remove model.lora "
                 "(full fine-tuning of the transformer) or use model.backend: janus"
             )
@@ -493,7 +493,7 @@ class DimooPolicy:
         return ref
 
     def fsdp_layout(self, trainable: Sequence[str]) -> Any:
-        raise NotImplementedError(
+        raise UnsupportedSettingError(
             "train.sharding: fsdp is not supported by the dimoo backend yet; use sharding: "
             "none or zero1 (DDP with a sharded optimizer)"
         )
