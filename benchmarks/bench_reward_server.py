@@ -47,7 +47,8 @@ import numpy as np
 from PIL import Image
 
 from pairuni.rewards.base import RewardError
-from pairuni.rewards.server import MIB, HttpReward
+from pairuni.rewards.http_client import HttpReward
+from pairuni.rewards.server import MIB
 
 CONFIGS = {
     "new": [],

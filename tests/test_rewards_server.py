@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 
 from pairuni.cli import app
 from pairuni.rewards.base import RewardError, build_reward
+from pairuni.rewards.http_client import HttpReward
 from pairuni.rewards.server import (
     MIB,
-    HttpReward,
     RewardHTTPServer,
     ServedReward,
     build_served_rewards,

@@ -90,7 +90,13 @@ def load_builtin_rewards() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from pairuni.rewards import generation, server, shapes, toy, understanding  # noqa: F401
+    from pairuni.rewards import (  # noqa: F401
+        generation,
+        http_client,
+        shapes,
+        toy,
+        understanding,
+    )
 
 
 def registered_rewards() -> dict[str, RegisteredReward]:
