@@ -16,18 +16,15 @@ from typer.testing import CliRunner
 
 import pairuni.training.tiny_demo as demo
 from pairuni.config import PairUniConfig
-from pairuni.policy.tiny import build_tiny_janus
 from pairuni.training.sft import SFTTrainer
 from pairuni.training.trainer import TrainingSetupError
+from trainer_helpers import make_assets
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.set_num_threads(2)
-    root = tmp_path_factory.mktemp("sft")
-    model = build_tiny_janus(root / "model")
-    pairs = demo.write_demo_pairs(root, num_pairs=8)
-    return {"model": model, "pairs": pairs}
+    return make_assets(tmp_path_factory.mktemp("sft"))
 
 
 def config(assets: dict[str, Path], out: Path, **sections: Any) -> PairUniConfig:

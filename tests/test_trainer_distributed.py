@@ -49,6 +49,17 @@ def train_cmd(config: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "pairuni", "train", "--config", str(config), *extra]
 
 
+def two_processes(*args: str) -> list[str]:
+    """torchrun: two processes on this machine (gloo on 127.0.0.1), each running `args`."""
+    return [
+        str(BIN / "torchrun"),
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        *args,
+    ]
+
+
 def run(cmd: list[str]) -> None:
     done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -65,17 +76,9 @@ def metrics(out: Path) -> list[dict[str, Any]]:
 def test_two_processes_match_one_process(assets: dict[str, Path], tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     run(train_cmd(write_config(assets, one, max_steps=2)))
-    torchrun = [
-        str(BIN / "torchrun"),
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        "-m",
-        "pairuni",
-        "train",
-        "--config",
-        str(write_config(assets, two, max_steps=2)),
-    ]
+    torchrun = two_processes(
+        "-m", "pairuni", "train", "--config", str(write_config(assets, two, max_steps=2))
+    )
     run(torchrun)
     state = json.loads((two / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["world_size"] == 2
@@ -149,17 +152,7 @@ def test_a_frozen_rank_is_named_within_the_collective_timeout(
 ) -> None:
     out = tmp_path / "frozen"
     config = write_config(assets, out, max_steps=200, save_every=1000, collective_timeout_s=6)
-    torchrun = [
-        str(BIN / "torchrun"),
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        "-m",
-        "pairuni",
-        "train",
-        "--config",
-        str(config),
-    ]
+    torchrun = two_processes("-m", "pairuni", "train", "--config", str(config))
     launcher = subprocess.Popen(
         torchrun, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -204,13 +197,7 @@ print(f"rank {dist.rank} result {result} after {time.monotonic() - start:.1f} s"
 def test_work_on_the_main_process_may_outlast_the_collective_timeout(tmp_path: Path) -> None:
     script = tmp_path / "main_only.py"
     script.write_text(MAIN_ONLY_SCRIPT)
-    torchrun = [
-        str(BIN / "torchrun"),
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        str(script),
-    ]
+    torchrun = two_processes(str(script))
     done = subprocess.run(torchrun, env=env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "rank 0 result done" in done.stdout and "rank 1 result None" in done.stdout
@@ -230,17 +217,9 @@ def test_sft_on_two_processes_matches_one_process(assets: dict[str, Path], tmp_p
         raw["data"]["kinds"] = "aligned"
         path.write_text(yaml.safe_dump(raw))
     run(sft_cmd(one.parent / f"{one.name}.yaml"))
-    torchrun = [
-        str(BIN / "torchrun"),
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        "-m",
-        "pairuni",
-        "sft",
-        "--config",
-        str(two.parent / f"{two.name}.yaml"),
-    ]
+    torchrun = two_processes(
+        "-m", "pairuni", "sft", "--config", str(two.parent / f"{two.name}.yaml")
+    )
     run(torchrun)
     a, b = weights(one, 2), weights(two, 2)
     for key in a:

@@ -16,21 +16,18 @@ from typer.testing import CliRunner
 
 import pairuni.training.tiny_demo as demo
 from pairuni.config import PairUniConfig
-from pairuni.policy.tiny import build_tiny_janus
 from pairuni.rewards.base import BuiltReward, RewardError, RewardSet
 from pairuni.training import checkpoint as ckpt
 from pairuni.training import runs
 from pairuni.training.resume import RESUME_RULES, config_changes, rule_for
 from pairuni.training.trainer import PairGRPOTrainer, TrainingSetupError
+from trainer_helpers import make_assets
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.set_num_threads(2)
-    root = tmp_path_factory.mktemp("demo")
-    model = build_tiny_janus(root / "model")
-    pairs = demo.write_demo_pairs(root, num_pairs=8)
-    return {"model": model, "pairs": pairs, "root": root}
+    return make_assets(tmp_path_factory.mktemp("demo"))
 
 
 def config(assets: dict[str, Path], out: Path, **sections: Any) -> PairUniConfig:

@@ -3,40 +3,48 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from pairuni.cliutils import ConfigOption, SetOption, fail, load_config_or_exit
 
+ResumeOption = Annotated[
+    bool,
+    typer.Option("--resume", help="Continue the run in train.out_dir from its latest checkpoint."),
+]
+ResumeFromOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--resume-from",
+        help="Continue from this checkpoint-{step} directory (an older one starts a new branch).",
+    ),
+]
+OverwriteOption = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Delete an earlier run's checkpoints and metrics in train.out_dir before a fresh "
+        "start (train.existing_run=overwrite).",
+    ),
+]
+MoveAsideOption = Annotated[
+    bool,
+    typer.Option(
+        "--move-aside",
+        help="Move an earlier run in train.out_dir to <out_dir>.previous-<time> before a fresh "
+        "start (train.existing_run=move_aside).",
+    ),
+]
+
 
 def train(
     config: ConfigOption = None,
     set_: SetOption = None,
-    resume: Annotated[
-        bool,
-        typer.Option("--resume", help="Continue from the latest checkpoint in train.out_dir."),
-    ] = False,
-    resume_from: Annotated[
-        Path | None,
-        typer.Option("--resume-from", help="Continue from this checkpoint-{step} directory."),
-    ] = None,
-    overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite",
-            help="Delete an earlier run's checkpoints and metrics in train.out_dir before a "
-            "fresh start (train.existing_run=overwrite).",
-        ),
-    ] = False,
-    move_aside: Annotated[
-        bool,
-        typer.Option(
-            "--move-aside",
-            help="Move an earlier run in train.out_dir to <out_dir>.previous-<time> before a "
-            "fresh start (train.existing_run=move_aside).",
-        ),
-    ] = False,
+    resume: ResumeOption = False,
+    resume_from: ResumeFromOption = None,
+    overwrite: OverwriteOption = False,
+    move_aside: MoveAsideOption = False,
 ) -> None:
     """Train a policy with PairGRPO (single process, or under `accelerate launch` / `torchrun`).
 
@@ -45,41 +53,12 @@ def train(
     resuming from an older checkpoint starts a new branch and moves the later checkpoints to
     out_dir/superseded/. See docs/training.md.
     """
-    import logging
+    from pairuni.training.trainer import PairGRPOTrainer
 
-    if overwrite and move_aside:
-        fail("pass at most one of --overwrite and --move-aside")
-    extra = ["train.existing_run=overwrite"] if overwrite else []
-    extra += ["train.existing_run=move_aside"] if move_aside else []
-    cfg = load_config_or_exit(config, [*(set_ or []), *extra])
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    check_paths(cfg)
-    from pairuni.data.errors import DataError
-    from pairuni.policy.registry import load_errors
-    from pairuni.rewards.base import RewardError
-    from pairuni.training.distributed import CollectiveTimeoutError
-    from pairuni.training.trainer import PairGRPOTrainer, TrainingSetupError
-
-    target: Path | bool | None = resume_from if resume_from is not None else resume
-    try:
-        trainer = PairGRPOTrainer(cfg, resume=target)
-    except (
-        DataError,
-        RewardError,
-        TrainingSetupError,
-        CollectiveTimeoutError,
-        *load_errors(),
-    ) as err:
-        fail(str(err))
-    except FileNotFoundError as err:
-        fail(str(err))
-    try:
-        metrics = trainer.train()
-    except (DataError, RewardError, CollectiveTimeoutError) as err:
-        fail(str(err))
-    summary = ", ".join(
-        f"{k}={metrics[k]:.4g}" for k in ("loss", "und/reward", "gen/reward") if k in metrics
-    )
+    cfg = _config(config, set_, overwrite, move_aside)
+    trainer, metrics = _run(PairGRPOTrainer, cfg, resume_from if resume_from else resume)
+    keys = ("loss", "und/reward", "gen/reward")
+    summary = ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
     if trainer.dist.is_main:
         typer.echo(f"done: {trainer.step} steps in {cfg.train.out_dir} ({summary})")
 
@@ -87,20 +66,10 @@ def train(
 def sft(
     config: ConfigOption = None,
     set_: SetOption = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the run's latest checkpoint.")
-    ] = False,
-    resume_from: Annotated[
-        Path | None,
-        typer.Option("--resume-from", help="Continue from this checkpoint-{step} directory."),
-    ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Delete an earlier run in train.out_dir first.")
-    ] = False,
-    move_aside: Annotated[
-        bool,
-        typer.Option("--move-aside", help="Move an earlier run in train.out_dir aside first."),
-    ] = False,
+    resume: ResumeOption = False,
+    resume_from: ResumeFromOption = None,
+    overwrite: OverwriteOption = False,
+    move_aside: MoveAsideOption = False,
 ) -> None:
     """Supervised fine-tuning on a pair file: each pair gives one understanding example
     (image, question -> answer) and one generation example (prompt -> its image's VQ codes),
@@ -108,6 +77,18 @@ def sft(
     answer format. Same run folder, checkpoints, resume and distributed modes as `pairuni train`
     (train.* settings). See docs/sft.md.
     """
+    from pairuni.training.sft import SFTTrainer
+
+    cfg = _config(config, set_, overwrite, move_aside)
+    trainer, metrics = _run(SFTTrainer, cfg, resume_from if resume_from else resume)
+    keys = ("loss", "und/loss", "gen/loss")
+    summary = ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
+    if trainer.dist.is_main:
+        typer.echo(f"done: {trainer.step} SFT steps in {cfg.train.out_dir} ({summary})")
+
+
+def _config(config: Path | None, set_: list[str] | None, overwrite: bool, move_aside: bool) -> Any:
+    """The config with --overwrite / --move-aside folded in, its paths checked (no torch)."""
     import logging
 
     if overwrite and move_aside:
@@ -117,24 +98,24 @@ def sft(
     cfg = load_config_or_exit(config, [*(set_ or []), *extra])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     check_paths(cfg)
+    return cfg
+
+
+def _run(trainer_class: Any, cfg: Any, resume: Path | bool) -> tuple[Any, dict[str, float]]:
+    """Build and run a trainer; every error whose message says the fix exits 2 without a
+    traceback."""
     from pairuni.data.errors import DataError
     from pairuni.policy.registry import load_errors
+    from pairuni.rewards.base import RewardError
     from pairuni.training.distributed import CollectiveTimeoutError
-    from pairuni.training.sft import SFTTrainer
     from pairuni.training.trainer import TrainingSetupError
 
-    target: Path | bool | None = resume_from if resume_from is not None else resume
-    errors = (DataError, TrainingSetupError, CollectiveTimeoutError, FileNotFoundError)
+    errors = (DataError, RewardError, TrainingSetupError, CollectiveTimeoutError)
     try:
-        trainer = SFTTrainer(cfg, resume=target)
-        metrics = trainer.train()
-    except (*errors, *load_errors()) as err:
+        trainer = trainer_class(cfg, resume=resume)
+        return trainer, trainer.train()
+    except (*errors, FileNotFoundError, *load_errors()) as err:
         fail(str(err))
-    summary = ", ".join(
-        f"{k}={metrics[k]:.4g}" for k in ("loss", "und/loss", "gen/loss") if k in metrics
-    )
-    if trainer.dist.is_main:
-        typer.echo(f"done: {trainer.step} SFT steps in {cfg.train.out_dir} ({summary})")
 
 
 def check_paths(cfg: object) -> None:
