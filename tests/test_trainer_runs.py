@@ -344,3 +344,22 @@ def test_filters_that_remove_everything_are_counted(
         PairGRPOTrainer(config(assets, tmp_path, data=data))
     assert "data.kinds=retrieved removed" in str(err.value)
     assert "the file holds" in str(err.value)
+
+
+def test_a_reward_server_that_is_down_fails_before_the_first_rollout(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    rewards = rewards_with("http", on_reward_error="nan")
+    rewards["generation"] = [{"name": "http", "kwargs": {"url": url}}]
+    start = time.perf_counter()
+    with pytest.raises(RewardError, match=r"rewards\.generation 'http'") as err:
+        PairGRPOTrainer(config(assets, tmp_path, rewards=rewards))
+    assert url in str(err.value) and "pairuni reward-server" in str(err.value)
+    assert time.perf_counter() - start < 30
+    assert not (tmp_path / "metrics.jsonl").exists()  # nothing ran
