@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from pairuni.cli import app
 from pairuni.shapes import ablate
 from pairuni.shapes.ablate import (
+    DEFAULT_SETTINGS,
     SETTINGS,
     AblationError,
     Stat,
@@ -176,6 +177,8 @@ EXPECTED_CHANGES = {
     "pairgrpo_sqrt": {},
     "understanding_only": {"data.mode": "understanding_only"},
     "generation_only": {"data.mode": "generation_only"},
+    "pairgrpo_linear": {"algo.pair_weighting": "linear"},
+    "cfg_logprob_off": {"rollout.cfg_in_logprob": False},
 }
 
 
@@ -193,6 +196,7 @@ def test_each_setting_changes_only_its_key(setting: str) -> None:
 
 def test_settings_cover_the_six_paper_arms() -> None:
     assert set(SETTINGS) == set(EXPECTED_CHANGES)
+    assert set(DEFAULT_SETTINGS) == set(EXPECTED_CHANGES) - {"pairgrpo_linear", "cfg_logprob_off"}
     assert [s.name for s in SETTINGS.values() if not s.two_tasks] == [
         "understanding_only",
         "generation_only",

@@ -67,6 +67,16 @@ SETTINGS: dict[str, Setting] = {
             "PairUni, sqrt(s_p) (Tables 5-6)",
         ),
         Setting(
+            "pairgrpo_linear",
+            ("data.mode=pairs", "algo.pair_weighting=linear"),
+            "PairUni, linear s_p (Table 7)",
+        ),
+        Setting(
+            "cfg_logprob_off",
+            ("data.mode=pairs", "algo.pair_weighting=sqrt", "rollout.cfg_in_logprob=false"),
+            "ours: image log-probs on the conditional branch, as the anchors do",
+        ),
+        Setting(
             "understanding_only",
             ("data.mode=understanding_only",),
             "understanding-only (Fig. 8)",
@@ -80,6 +90,18 @@ SETTINGS: dict[str, Setting] = {
         ),
     )
 }
+
+
+DEFAULT_SETTINGS = (
+    "unpaired",
+    "random_pairs",
+    "pairgrpo_no_weight",
+    "pairgrpo_sqrt",
+    "understanding_only",
+    "generation_only",
+)
+"""What `pairuni shapes ablate` runs without --settings (the paper's Tables 5-6 and Fig. 8);
+the others (Table 7's linear weighting, our cfg_in_logprob) are one --settings away."""
 
 
 class AblationError(ValueError):
@@ -371,7 +393,7 @@ def plot_reward_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> Non
 
 def run_ablation(
     out_dir: str | Path,
-    settings: Sequence[str] = tuple(SETTINGS),
+    settings: Sequence[str] = DEFAULT_SETTINGS,
     seeds: int = 3,
     demo_settings: DemoSettings | None = None,
     overrides: Sequence[str] = (),

@@ -112,7 +112,10 @@ ABLATE_HELP = "\n\n".join(
         "  pairgrpo_no_weight  pairs, algo.pair_weighting=none (PairUni w/o sim)\n"
         "  pairgrpo_sqrt       pairs, algo.pair_weighting=sqrt (PairUni, PairGRPO)\n"
         "  understanding_only  data.mode=understanding_only (Fig. 8)\n"
-        "  generation_only     data.mode=generation_only (Fig. 8)",
+        "  generation_only     data.mode=generation_only (Fig. 8)\n"
+        "Also (not in the default six):\n"
+        "  pairgrpo_linear     pairs, algo.pair_weighting=linear (Table 7)\n"
+        "  cfg_logprob_off     pairs, sqrt, rollout.cfg_in_logprob=false (ours)",
         "Outputs in OUT: results.json (every run's scores, grad_cosine values and reward "
         "curves, the settings and the command); table.md (mean ± sample std over seeds of MC "
         "accuracy, GenEval-style overall and the median gradient cosine, and a per-category "
@@ -168,7 +171,7 @@ def shapes_ablate(
     from pairuni.data.errors import DataError
     from pairuni.rewards.base import RewardError
     from pairuni.shapes.ablate import (
-        SETTINGS,
+        DEFAULT_SETTINGS,
         AblationError,
         check_settings,
         check_user_overrides,
@@ -179,7 +182,7 @@ def shapes_ablate(
     from pairuni.shapes.demo import DemoSettings
     from pairuni.training.trainer import TrainingSetupError
 
-    names = list(SETTINGS) if settings is None else [s.strip() for s in settings.split(",")]
+    names = list(DEFAULT_SETTINGS) if settings is None else [s.strip() for s in settings.split(",")]
     try:
         names = check_settings([name for name in names if name])
         check_user_overrides(set_ or [])
