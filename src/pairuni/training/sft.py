@@ -51,7 +51,7 @@ class SFTTrainer(PairGRPOTrainer):
         if missing:
             raise TrainingSetupError(
                 f"model.backend {config.model.backend!r} ({type(self.policy).__name__}) has no "
-                f"supervised targets ({', '.join(missing)}); `pairuni sft` supports Janus so far"
+                f"supervised targets ({', '.join(missing)}); `pairuni sft` supports janus and dimoo"
             )
         if config.sft.gen_weight > 0 and config.data.mode != "understanding_only":
             self._check_generation_targets()
@@ -137,7 +137,11 @@ class SFTTrainer(PairGRPOTrainer):
         full = spec.loss_mask(record)
         num_tokens = self.dist.reduce(full.sum().double()).item()
         weight = self.config.sft.und_weight if key == "und" else self.config.sft.gen_weight
-        total, correct = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+        total = torch.zeros((), dtype=torch.float64)
+        correct, counted = (
+            torch.zeros((), dtype=torch.float64),
+            torch.zeros((), dtype=torch.float64),
+        )
         size = self.train_cfg.micro_batch_size
         first_row = self.dist.rank * self.local_pairs
         for start in range(0, len(record), size):
@@ -149,13 +153,16 @@ class SFTTrainer(PairGRPOTrainer):
             nll = -(logp * rows).sum() / max(num_tokens, 1.0)
             (weight * nll).backward()
             total += nll.detach().double().cpu()
-            # a token is "right" when the target had probability > 1/2 (argmax for sure)
-            correct += ((logp.detach() > -0.6931) & rows).sum().double().cpu()
+            # a token is "right" when the target had probability > 1/2 (argmax for sure); a
+            # masked-diffusion policy scores only the positions it masked (0 elsewhere)
+            scored = rows & (logp.detach() != 0)
+            correct += ((logp.detach() > -0.6931) & scored).sum().double().cpu()
+            counted += scored.sum().double().cpu()
         metrics = {
             f"{key}/loss": total,
-            f"{key}/token_accuracy_lb": correct / max(float(full.sum()), 1.0),
+            f"{key}/token_accuracy_lb": correct / max(float(counted), 1.0),
         }
-        return metrics, float(full.sum())
+        return metrics, float(counted)
 
     def _target_logprobs(self, spec: TaskSpec, micro: Any, first_row: int) -> torch.Tensor:
         """(n, T) per-token log-likelihood terms of the targets, with gradient, whose sum over

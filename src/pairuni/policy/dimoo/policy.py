@@ -6,6 +6,9 @@ over `image_size / 16` squared codes with text guidance. Every rollout records t
 token was committed at, its sampling log-prob and the per-row seed; the log-prob estimator of
 the ratio (`rollout.dimoo.logprob`) rebuilds its states from the record alone.
 
+`target_text` / `target_images` / `supervised_logprobs` give `pairuni sft` its targets and
+DiMOO's masked-token loss (`pairuni.policy.dimoo.sft`, docs/sft.md).
+
 The rollout records keep every tensor flat and right-padded (no prompt field is left-padded),
 so that they slice into micro-batches and concatenate like Janus's.
 """
@@ -416,6 +419,153 @@ class DimooPolicy:
                 self._logits, layout, settings, self._seeds(generator, len(images))
             )
         return self.decode_images(rollout.codes)
+
+    # ------------------------------------------------------------------ supervised targets
+
+    def target_text(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        answers: Sequence[str],
+        options: Sequence[Sequence[str] | None] | None = None,
+    ) -> DimooTextRollout:
+        """A record whose completions ARE `answers`, for supervised fine-tuning: the rollouts'
+        understanding layout (`<answer>`, L = `rollout.max_new_tokens` masks, `</answer>`), the
+        targets each answer's tokens without a leading `<answer>`, then `</answer>`, then
+        `answer_pad` up to L (DiMOO's recipe: the padding is a target too, so `completion_mask`
+        is 1 on all L). `logprobs`, `commit_step` and `seeds` are zeros (nothing was sampled;
+        commit step 0 makes the `trajectory` estimator score it as one fully masked step)."""
+        from pairuni.policy.dimoo.sequence import understanding_layout
+        from pairuni.policy.dimoo.sft import answer_targets
+
+        if not len(images) == len(questions) == len(answers):
+            raise ValueError(
+                f"got {len(images)} images, {len(questions)} questions, {len(answers)} answers"
+            )
+        opts = options if options is not None else [None] * len(questions)
+        template = self.rollout_config.und_prompt_template
+        users = [format_question(q, o, template) for q, o in zip(questions, opts, strict=True)]
+        length = self.rollout_config.max_new_tokens
+        layout = understanding_layout(
+            self.model.tokenizer,
+            users,
+            self._image_codes(images),
+            length,
+            self.ids,
+            device=self.device,
+            **self._system("understanding"),
+        )
+        ids, tokenizer = self.ids, self.model.tokenizer
+        rows = [
+            answer_targets(
+                tokenizer.encode(answer, add_special_tokens=False),
+                length,
+                answer_start=ids.answer_start,
+                answer_end=ids.answer_end,
+                pad_id=ids.answer_pad,
+            )
+            for answer in answers
+        ]
+        targets = torch.tensor(rows, dtype=torch.long, device=self.device)
+        zeros = torch.zeros(targets.shape, dtype=torch.long, device=self.device)
+        return DimooTextRollout(
+            **_branch_fields(layout.cond, "seq"),
+            completion_ids=targets,
+            completion_mask=torch.ones_like(targets),
+            commit_step=zeros,
+            logprobs=zeros.float(),
+            seeds=torch.zeros(len(rows), dtype=torch.long),
+            texts=list(answers),
+            group=torch.arange(len(rows)),
+        )
+
+    def target_images(
+        self,
+        prompts: Sequence[str],
+        images: Sequence[Image.Image],
+        unconditional: Sequence[bool] | None = None,
+    ) -> DimooImageRollout:
+        """A record whose image codes are the VQ codes of `images` (`square_codes`), for
+        supervised fine-tuning; rows flagged `unconditional` get DiMOO's unconditional prompt
+        (`<user><uncondition></user>`, as its train.py builds it) in place of theirs. The
+        `uncond_*` branch is the unconditional twin, as in rollouts."""
+        from pairuni.policy.dimoo.sequence import UNCONDITION_TEXT, text_to_image_layout
+
+        if len(prompts) != len(images):
+            raise ValueError(f"got {len(images)} images for {len(prompts)} prompts")
+        flags = list(unconditional) if unconditional is not None else [False] * len(prompts)
+        if len(flags) != len(prompts):
+            raise ValueError(f"got {len(flags)} unconditional flags for {len(prompts)} prompts")
+        users = [UNCONDITION_TEXT if flag else p for p, flag in zip(prompts, flags, strict=True)]
+        layout = text_to_image_layout(
+            self.model.tokenizer, users, *self.grid, self.ids, device=self.device
+        )
+        assert layout.uncond_text is not None
+        codes = self.square_codes(images)
+        zeros = torch.zeros(codes.shape, dtype=torch.long, device=codes.device)
+        return DimooImageRollout(
+            **_branch_fields(layout.cond, "seq"),
+            **_branch_fields(layout.uncond_text, "uncond"),
+            image_ids=codes,
+            commit_step=zeros,
+            logprobs=zeros.float(),
+            seeds=torch.zeros(len(prompts), dtype=torch.long),
+            images=[],
+            group=torch.arange(len(prompts)),
+        )
+
+    def square_codes(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(B, N) VQ codes in raster order of images centre-cropped to a square and resized to
+        the generation grid (`rollout.dimoo.image_size`): the images rollouts would produce."""
+        from pairuni.policy.dimoo.model import resize_center_crop
+
+        height, width = self.grid
+        down = self.model.vq.downsample
+        pixels = [resize_center_crop(im, (width * down, height * down)) for im in images]
+        return self.model.vq.encode(pixels).flatten(1).to(self.device)
+
+    def supervised_logprobs(
+        self, task: str, record: RolloutBatch, generator: torch.Generator
+    ) -> torch.Tensor:
+        """(n, T) terms of DiMOO's SFT loss, with gradient (`pairuni.policy.dimoo.sft`): the
+        targets masked at random (cosine ratio; answer and padding apart; newlines are not
+        targets), one forward of the conditional branch, log p of each masked target at
+        temperature 1 under the rollouts' restricted vocabulary, scaled by n_row / k_row so that
+        a row sums to n_row times its mean over masked positions; 0 elsewhere."""
+        from pairuni.policy.dimoo import sft
+
+        if task == "understanding":
+            tokens = record.completion_ids  # type: ignore[attr-defined]
+            targets = record.completion_mask.bool()  # type: ignore[attr-defined]
+            segments = sft.answer_segments(tokens, targets, self.ids.answer_pad)
+        elif task == "generation":
+            tokens = record.image_ids + self.ids.image_offset  # type: ignore[attr-defined]
+            targets = torch.ones_like(tokens, dtype=torch.bool)
+            segments = torch.full_like(tokens, sft.CONTENT)
+        else:
+            raise ValueError(f"task must be 'understanding' or 'generation', got {task!r}")
+        masked = sft.draw_masks(segments, generator).to(tokens.device)
+        logp = self._masked_logprobs(task, record, tokens, masked)
+        return sft.masked_mean_terms(logp, masked, targets)
+
+    def _masked_logprobs(
+        self, task: str, record: RolloutBatch, tokens: torch.Tensor, masked: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, N) log p of `tokens` from the state with `masked` positions masked, at tau = 1,
+        on the record's own branch alone (no guidance): an unconditional row's branch is the
+        `<uncondition>` prompt, which is how SFT keeps guidance's second branch trained."""
+        from pairuni.policy.dimoo.logprobs import score_tokens
+        from pairuni.policy.dimoo.sequence import Layout
+
+        state = torch.where(masked, self.ids.mask, tokens)
+        if task == "understanding":
+            layout = Layout(task="understanding", ids=self.ids, cond=_branch(record, "seq"))
+            settings: ImageSampling | TextSampling = TextSampling(temperature=1.0)
+        else:
+            cond = _branch(record, "seq")
+            layout = Layout(task="text_to_image", ids=self.ids, cond=cond, grid=self.grid)
+            settings = ImageSampling(steps=1, guidance=0.0, temperature=1.0)
+        return score_tokens(self._logits, layout, state, tokens, settings)
 
     # ------------------------------------------------------------------ log-probs
 
