@@ -30,8 +30,8 @@ from pairuni.eval.layout import BenchmarkNotFoundError
 from pairuni.eval.mmstar import load_mmstar
 from pairuni.eval.prompts import compose_images, mmstar_question
 from pairuni.eval.runner import run_eval
-from pairuni.eval.shapes_adapter import ShapesDetector
 from pairuni.eval.tables import compare_markdown, compare_results
+from pairuni.shapes.geneval_detector import ShapesDetector
 from pairuni.shapes.render import draw_shape
 from pairuni.shapes.scene import BACKGROUND, COLORS
 

@@ -394,7 +394,8 @@ def test_parse_render_and_key_hygiene():
 
 
 def test_backends_by_name_and_local_backend_errors(tmp_path):
-    from pairuni.pairing.annotators import OracleAdapter, _to_hf_message, make_annotator
+    from pairuni.pairing.annotators import _to_hf_message, make_annotator
+    from pairuni.shapes.annotator import OracleAdapter
 
     assert isinstance(make_annotator(CompleteConfig(backend="oracle")), OracleAdapter)
     with pytest.raises(ValueError, match="local_model_dir"):

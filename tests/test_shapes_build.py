@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from pydantic import ValidationError
 from typer.testing import CliRunner
@@ -84,7 +85,45 @@ def test_cli_writes_the_data(tmp_path: Path) -> None:
 def test_cli_rejects_an_empty_request(tmp_path: Path) -> None:
     args = ["data", "--out", str(tmp_path), "--n-und", "0", "--n-gen", "0"]
     result = CliRunner().invoke(shapes_app, args)
-    assert result.exit_code == 2 and "not both 0" in result.output
+    assert result.exit_code == 2 and "both 0" in result.output
+
+
+def test_cli_settings_file_reproduces_the_data_and_options_override_it(tmp_path: Path) -> None:
+    first = ["data", "--out", str(tmp_path / "a"), "--n-und", "3", "--n-gen", "2", "--seed", "5"]
+    assert CliRunner().invoke(shapes_app, first).exit_code == 0
+    settings = tmp_path / "a" / "shapes.yaml"
+    assert ShapesConfig.model_validate(yaml.safe_load(settings.read_text())["shapes"]) == (
+        ShapesConfig(n_und=3, n_gen=2, seed=5)
+    )
+    again = ["data", "--out", str(tmp_path / "b"), "--config", str(settings)]
+    assert CliRunner().invoke(shapes_app, again).exit_code == 0
+    for name in ("understanding.jsonl", "generation.jsonl"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    more = [*again[:2], str(tmp_path / "c"), *again[3:], "--n-gen", "4"]
+    assert CliRunner().invoke(shapes_app, more).exit_code == 0
+    assert len(read_jsonl(tmp_path / "c" / "generation.jsonl")) == 4
+    assert len(read_jsonl(tmp_path / "c" / "understanding.jsonl")) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--size", "8"], "image_size"),
+        (["--max-objects", "5"], "max_objects"),
+    ],
+)
+def test_cli_names_the_bad_setting(tmp_path: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(shapes_app, ["data", "--out", str(tmp_path), *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_cli_names_a_bad_key_in_the_settings_file(tmp_path: Path) -> None:
+    config = tmp_path / "s.yaml"
+    config.write_text("shapes:\n  image_sise: 64\n")
+    result = CliRunner().invoke(
+        shapes_app, ["data", "--out", str(tmp_path), "--config", str(config)]
+    )
+    assert result.exit_code == 2 and "image_sise" in result.output and str(config) in result.output
 
 
 def test_shapes_is_a_subcommand_of_pairuni() -> None:

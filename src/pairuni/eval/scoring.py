@@ -170,11 +170,16 @@ def build_judges(
     return judges
 
 
-def build_detector(cfg: EvalConfig, device: str) -> Detector:
-    if cfg.detector == "shapes":
-        from pairuni.eval.shapes_adapter import ShapesDetector
+DETECTORS = {"shapes": "pairuni.shapes.geneval_detector:ShapesDetector"}
+"""`eval.detector` names whose detector needs no weights -> its "module:class" (the ShapesWorld
+detector lives with the miniature, which the evaluation core does not import by name)."""
 
-        return ShapesDetector()
+
+def build_detector(cfg: EvalConfig, device: str) -> Detector:
+    if cfg.detector in DETECTORS:
+        from pairuni.importing import import_object
+
+        return import_object(DETECTORS[cfg.detector])()
     if cfg.detector_dir is None:
         raise EvalSetupError(
             "GenEval needs an object detector but eval.detector_dir is not set: save OWLv2 (e.g. "

@@ -8,9 +8,10 @@ for `pairuni train`) and one entry here.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pairuni.importing import import_object
 
 if TYPE_CHECKING:
     from pairuni.policy.base import UnifiedPolicy
@@ -51,16 +52,11 @@ a traceback."""
 
 def load_errors() -> tuple[type[Exception], ...]:
     """Every backend's checkpoint-loading exception classes (`LOAD_ERRORS`), imported."""
-    found = []
-    for entry in LOAD_ERRORS:
-        module, name = entry.split(":")
-        found.append(getattr(importlib.import_module(module), name))
-    return tuple(found)
+    return tuple(import_object(entry) for entry in LOAD_ERRORS)
 
 
 def policy_class(backend: str) -> type:
-    module, name = BACKENDS[backend].split(":")
-    return getattr(importlib.import_module(module), name)
+    return import_object(BACKENDS[backend])
 
 
 def load_policy(
@@ -91,5 +87,4 @@ def write_tiny(backend: str, out_dir: str | Path, **options: Any) -> Path:
         raise ValueError(
             f"no tiny checkpoint writer for backend {backend!r}; valid: {', '.join(TINY_WRITERS)}"
         )
-    module, name = TINY_WRITERS[backend].split(":")
-    return Path(getattr(importlib.import_module(module), name)(out_dir, **options))
+    return Path(import_object(TINY_WRITERS[backend])(out_dir, **options))

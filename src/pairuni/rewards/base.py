@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import importlib.util
 import inspect
 import logging
@@ -84,19 +85,26 @@ def register_reward(
     return decorate
 
 
+BUILTIN_REWARD_MODULES = (
+    "pairuni.rewards.understanding",
+    "pairuni.rewards.generation",
+    "pairuni.rewards.http_client",
+    "pairuni.rewards.toy",
+    "pairuni.shapes.rewards",
+)
+"""The modules whose `register_reward` decorators register the built-in rewards, named by
+module path: the ShapesWorld rewards live with the miniature (`pairuni.shapes`), which the
+reward core never imports by name."""
+
+
 def load_builtin_rewards() -> None:
     """Import the modules that register the built-in rewards (they import torch lazily)."""
     global _BUILTINS_LOADED
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from pairuni.rewards import (  # noqa: F401
-        generation,
-        http_client,
-        shapes,
-        toy,
-        understanding,
-    )
+    for module in BUILTIN_REWARD_MODULES:
+        importlib.import_module(module)
 
 
 def registered_rewards() -> dict[str, RegisteredReward]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,25 +18,85 @@ shapes_app = typer.Typer(
 @shapes_app.command("data")
 def shapes_data(
     out: Annotated[Path, typer.Option(help="Directory for the JSONL files and images/.")],
-    n_und: Annotated[int, typer.Option("--n-und", help="Understanding samples.")] = 2000,
-    n_gen: Annotated[int, typer.Option("--n-gen", help="Generation samples.")] = 2000,
-    seed: Annotated[int, typer.Option(help="Seed; the same seed writes the same data.")] = 0,
-    size: Annotated[int, typer.Option(help="Image side in pixels (32 or 64 are tested).")] = 32,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML of the `shapes` settings (ShapesConfig keys, at the top level or under "
+            "`shapes:`), e.g. the shapes.yaml an earlier call wrote; options given override it."
+        ),
+    ] = None,
+    n_und: Annotated[
+        int | None, typer.Option("--n-und", help="Understanding samples [default: 2000].")
+    ] = None,
+    n_gen: Annotated[
+        int | None, typer.Option("--n-gen", help="Generation samples [default: 2000].")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed; the same seed writes the same data [default: 0].")
+    ] = None,
+    size: Annotated[
+        int | None, typer.Option(help="Image side in pixels (32 or 64 are tested) [default: 32].")
+    ] = None,
     max_objects: Annotated[
-        int, typer.Option("--max-objects", help="Most objects in an understanding scene (1-4).")
-    ] = 4,
+        int | None,
+        typer.Option("--max-objects", help="Most objects in an understanding scene (1-4) [4]."),
+    ] = None,
 ) -> None:
-    """Write understanding.jsonl, generation.jsonl and their PNG images under OUT."""
+    """Write understanding.jsonl, generation.jsonl, their PNG images and shapes.yaml (the
+    settings, which `--config` reads back to write the same data) under OUT."""
     from pairuni.shapes.build import write_dataset
 
-    if n_und < 0 or n_gen < 0 or n_und + n_gen == 0:
-        fail(f"--n-und and --n-gen must be >= 0 and not both 0 (got {n_und} and {n_gen})")
-    if size < 16:
-        fail(f"--size {size} is too small to draw shapes; use 32 or 64")
-    if not 1 <= max_objects <= 4:
-        fail(f"--max-objects {max_objects} must be between 1 and 4")
-    und, gen = write_dataset(out, n_und, n_gen, seed, image_size=size, max_objects=max_objects)
-    typer.echo(f"wrote {und} ({n_und} samples) and {gen} ({n_gen} samples)")
+    given = {"n_und": n_und, "n_gen": n_gen, "seed": seed, "image_size": size}
+    given["max_objects"] = max_objects
+    settings = _shapes_settings(config, {k: v for k, v in given.items() if v is not None})
+    data_seed = 0 if settings.seed is None else settings.seed
+    und, gen = write_dataset(
+        out,
+        settings.n_und,
+        settings.n_gen,
+        data_seed,
+        image_size=settings.image_size,
+        max_objects=settings.max_objects,
+    )
+    _write_settings(out / "shapes.yaml", settings.model_copy(update={"seed": data_seed}))
+    typer.echo(
+        f"wrote {und} ({settings.n_und} samples), {gen} ({settings.n_gen} samples) and "
+        f"{out / 'shapes.yaml'}"
+    )
+
+
+def _shapes_settings(config: Path | None, options: dict[str, int]) -> Any:
+    """The ShapesConfig of `--config` (if any) with the given options on top; exits with the
+    file, the key and the allowed range on a bad value."""
+    import yaml
+    from pydantic import ValidationError
+
+    from pairuni.shapes.config import ShapesConfig
+
+    raw: dict[str, Any] = {}
+    if config is not None:
+        try:
+            loaded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as err:
+            fail(f"cannot read --config {config}: {err}")
+        if not isinstance(loaded, dict):
+            fail(f"--config {config}: expected a mapping of ShapesConfig keys")
+        raw = loaded.get("shapes", loaded)
+    where = f"--config {config} and the options" if config else "the options"
+    try:
+        return ShapesConfig.model_validate({**raw, **options})
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in err.errors()
+        )
+        fail(f"bad ShapesWorld settings in {where}: {problems}")
+
+
+def _write_settings(path: Path, settings: Any) -> None:
+    import yaml
+
+    text = yaml.safe_dump({"shapes": settings.model_dump(mode="json")}, sort_keys=False)
+    path.write_text(text, encoding="utf-8")
 
 
 @shapes_app.command("grid")

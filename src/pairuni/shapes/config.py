@@ -1,4 +1,5 @@
-"""The `shapes` section: how a ShapesWorld dataset is generated."""
+"""The `shapes` settings: how `pairuni shapes data` generates a ShapesWorld dataset (its
+options, a `--config` YAML, and the shapes.yaml it writes beside the data)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class ShapesConfig(Section):
     exactly the objects their prompt names (1-4)."""
 
     seed: int | None = None
-    """Seed of the dataset; null uses the run's top-level `seed`."""
+    """Seed of the dataset (the same seed writes the same data); null: 0."""
 
     @model_validator(mode="after")
     def _check_counts(self) -> ShapesConfig:

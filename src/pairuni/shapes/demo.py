@@ -269,7 +269,15 @@ def train_model(out: Path, cfg: Any, state: DemoState) -> dict[str, Any]:
 def _report(out: Path, cfg: Any, state: DemoState, settings: DemoSettings) -> dict[str, Any]:
     from pairuni.shapes.report import write_demo_report
 
-    return write_demo_report(out / "report", cfg, state.data, settings)
+    return write_demo_report(out / "report", cfg, state.data, sample_prompts(settings))
+
+
+def sample_prompts(settings: DemoSettings) -> list[str]:
+    """The first held-out generation prompt of each GenEval category (the report's samples)."""
+    by_category: dict[str, str] = {}
+    for record in heldout(settings)[2]:
+        by_category.setdefault(record["category"], record["prompt"])
+    return list(by_category.values())
 
 
 def settings_dict(settings: DemoSettings) -> dict[str, Any]:

@@ -128,10 +128,12 @@ def before_after_rows(
     return rows
 
 
-def write_demo_report(out: Path, cfg: Any, state: dict[str, Any], settings: Any) -> dict[str, Any]:
-    """Write metrics.jsonl, curves.png, samples.png, results.json and index.html into `out`."""
+def write_demo_report(
+    out: Path, cfg: Any, state: dict[str, Any], sample_prompts: list[str]
+) -> dict[str, Any]:
+    """Write metrics.jsonl, curves.png, samples.png, results.json and index.html into `out`;
+    samples.png draws `sample_prompts` with the base and the trained model."""
     from pairuni.config import dump_config
-    from pairuni.shapes.demo import heldout
 
     out.mkdir(parents=True, exist_ok=True)
     train = state["train"]["result"]
@@ -139,14 +141,10 @@ def write_demo_report(out: Path, cfg: Any, state: dict[str, Any], settings: Any)
     if metrics_path.is_file():
         shutil.copyfile(metrics_path, out / "metrics.jsonl")
     plot_curves(read_metrics(metrics_path), out / "curves.png")
-    _, _, gen = heldout(settings)
-    by_tag: dict[str, str] = {}
-    for record in gen:
-        by_tag.setdefault(record["category"], record["prompt"])
     sample_grid(
         state["base_model"]["result"]["path"],
         train["model"],
-        list(by_tag.values()),
+        sample_prompts,
         cfg,
         out / "samples.png",
     )

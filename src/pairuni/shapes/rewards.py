@@ -1,7 +1,8 @@
 """ShapesWorld rewards: the exact GenEval-style check of a generated image by the shapes detector.
 
-They read each prompt's GenEval metadata from a column (`geneval` by default, as ShapesWorld
-generation samples and the pairs built from them carry it).
+Registered with the reward core by module path (`rewards.base.BUILTIN_REWARD_MODULES`), so
+the core never imports the miniature. They read each prompt's GenEval metadata from a column
+(`geneval` by default, as ShapesWorld generation samples and the pairs built from them carry it).
 """
 
 from __future__ import annotations
