@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pairuni.cli import app
+from pairuni.pairing.config import PairingConfig
 from pairuni.shapes import ablate
 from pairuni.shapes.ablate import (
     DEFAULT_SETTINGS,
@@ -100,6 +101,71 @@ def test_summarize_runs_on_hand_computed_numbers() -> None:
     assert set(summary["per_tag"]) == {"counting"}  # cfg_scale and overall are not tags
 
 
+def _itemised(correct: list[float], images: list[float], tags: list[str]) -> dict[str, Any]:
+    run = _run(sum(correct) / len(correct), 0.0, [])
+    run["evaluation"]["understanding"]["items"] = correct
+    run["evaluation"]["generation"].update(items=images, item_tags=tags)
+    return run
+
+
+def test_intervals_and_paired_differences_against_unpaired() -> None:
+    from pairuni.shapes.ablate_stats import bootstrap_interval, paired_difference
+
+    tags = ["single", "single", "two", "two"]
+    runs = {
+        "unpaired": [_itemised([1, 0, 0, 0], [1, 0, 0, 0], tags)] * 2,
+        "pairgrpo_sqrt": [_itemised([1, 1, 1, 0], [1, 1, 1, 0], tags)] * 2,
+    }
+    intervals = ablate.score_intervals(runs)
+    ours = intervals["pairgrpo_sqrt"]
+    assert ours["mc_accuracy"]["interval"]["estimate"] == pytest.approx(0.75)
+    assert ours["mc_accuracy"]["vs_unpaired"]["estimate"] == pytest.approx(0.5)
+    # GenEval-style overall: the mean of the tags' means, (1 + 0.5) / 2 against (0.5 + 0) / 2
+    assert ours["geneval_overall"]["interval"]["estimate"] == pytest.approx(0.75)
+    assert ours["geneval_overall"]["vs_unpaired"]["estimate"] == pytest.approx(0.5)
+    items = [[1, 1, 1, 0]] * 2
+    assert ours["mc_accuracy"]["interval"] == asdict_interval(bootstrap_interval(items))
+    assert ours["geneval_overall"]["vs_unpaired"] == asdict_interval(
+        paired_difference(items, [[1, 0, 0, 0]] * 2, tags)
+    )
+    assert "vs_unpaired" not in intervals["unpaired"]["mc_accuracy"]
+    # runs scored before the items were kept have no intervals (and no sampled items here)
+    assert "mc_accuracy_sampled" not in ours
+    assert ablate.score_intervals({"unpaired": [_run(0.5, 0.5, [])]}) == {"unpaired": {}}
+
+
+def asdict_interval(interval: Any) -> dict[str, float]:
+    from dataclasses import asdict
+
+    return asdict(interval)
+
+
+def test_the_interval_table_bolds_differences_that_exclude_zero() -> None:
+    results = {
+        "intervals": {
+            "unpaired": {"mc_accuracy": {"interval": {"estimate": 0.4, "low": 0.3, "high": 0.5}}},
+            "pairgrpo_sqrt": {
+                "mc_accuracy": {
+                    "interval": {"estimate": 0.6, "low": 0.5, "high": 0.7},
+                    "vs_unpaired": {"estimate": 0.2, "low": 0.05, "high": 0.35},
+                }
+            },
+            "random_pairs": {
+                "mc_accuracy": {
+                    "interval": {"estimate": 0.45, "low": 0.35, "high": 0.55},
+                    "vs_unpaired": {"estimate": 0.05, "low": -0.1, "high": 0.2},
+                }
+            },
+        }
+    }
+    lines = ablate._interval_table(results)
+    row = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
+    assert "**0.200 [0.050, 0.350]**" in row["pairgrpo_sqrt"]
+    assert "0.050 [-0.100, 0.200]" in row["random_pairs"] and "**" not in row["random_pairs"]
+    assert row["unpaired"].endswith("| 0.400 [0.300, 0.500] | — |")
+    assert ablate._interval_table({"intervals": {"unpaired": {}}}) == []
+
+
 def test_sampled_accuracy_is_summarised_only_when_every_run_has_it() -> None:
     runs = [_run(0.2, 0.1, []), _run(0.4, 0.3, [])]
     assert summarize_runs(runs)["mc_accuracy_sampled"]["mean"] == pytest.approx(0.15)
@@ -179,6 +245,17 @@ EXPECTED_CHANGES = {
     "generation_only": {"data.mode": "generation_only"},
     "pairgrpo_linear": {"algo.pair_weighting": "linear"},
     "cfg_logprob_off": {"rollout.cfg_in_logprob": False},
+    # the pairing arms train with pairgrpo_sqrt's config, on pairs of their own
+    "threshold_0.5": {},
+    "threshold_0.7": {},
+    "random_selection": {},
+}
+OPTIONAL_SETTINGS = {
+    "pairgrpo_linear",
+    "cfg_logprob_off",
+    "threshold_0.5",
+    "threshold_0.7",
+    "random_selection",
 }
 
 
@@ -196,11 +273,58 @@ def test_each_setting_changes_only_its_key(setting: str) -> None:
 
 def test_settings_cover_the_six_paper_arms() -> None:
     assert set(SETTINGS) == set(EXPECTED_CHANGES)
-    assert set(DEFAULT_SETTINGS) == set(EXPECTED_CHANGES) - {"pairgrpo_linear", "cfg_logprob_off"}
+    assert set(DEFAULT_SETTINGS) == set(EXPECTED_CHANGES) - OPTIONAL_SETTINGS
+    assert {n for n, s in SETTINGS.items() if s.pairing} == {
+        "threshold_0.5",
+        "threshold_0.7",
+        "random_selection",
+    }
+    assert {s.pairs_stage for s in SETTINGS.values() if not s.pairing} == {"pairs"}
     assert [s.name for s in SETTINGS.values() if not s.two_tasks] == [
         "understanding_only",
         "generation_only",
     ]
+
+
+def test_pairing_arms_build_their_own_pairs_from_the_shared_data(tmp_path: Path) -> None:
+    from pairuni.shapes.demo import make_data, make_pairs
+
+    settings = DemoSettings.quick_run()
+    make_data(tmp_path, settings, 0)
+    built = {}
+    for name in ("pairgrpo_sqrt", "threshold_0.5", "threshold_0.7", "random_selection"):
+        folder = tmp_path / f"pairs-{name}"
+        built[name] = make_pairs(
+            tmp_path, settings, 0, tmp_path / "cache", folder, SETTINGS[name].pairing
+        )
+        assert Path(built[name]["path"]).parent == folder and (folder / "report").is_dir()
+
+    def records(name: str) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in Path(built[name]["path"]).read_text().splitlines()]
+
+    def similarities(name: str) -> list[float]:
+        return [r["similarity"] for r in records(name) if r["kind"] == "retrieved"]
+
+    assert min(similarities("threshold_0.7")) >= 0.7 and min(similarities("threshold_0.5")) >= 0.5
+    retrieved = {n: built[n]["retrieved"] for n in built}
+    assert retrieved["threshold_0.5"] >= retrieved["pairgrpo_sqrt"] >= retrieved["threshold_0.7"]
+    assert retrieved["threshold_0.5"] > retrieved["threshold_0.7"]  # the threshold binds
+    # random selection keeps k aligned pairs but picks other instances than k-means' medoids
+    assert built["random_selection"]["aligned"] == built["pairgrpo_sqrt"]["aligned"]
+
+    def aligned(name: str) -> set[str]:
+        return {r["und_source_id"] for r in records(name) if r["kind"] == "aligned"}
+
+    assert aligned("random_selection") != aligned("pairgrpo_sqrt")
+
+
+def test_a_bad_pairing_key_is_refused(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from pairuni.shapes.demo import _with_pairing_overrides
+
+    with pytest.raises(ValidationError, match="thresold"):
+        _with_pairing_overrides(PairingConfig(), ["retrieve.thresold=0.5"])
 
 
 def test_user_overrides_apply_to_every_run_but_not_to_ablated_keys() -> None:

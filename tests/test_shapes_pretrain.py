@@ -77,8 +77,20 @@ def test_quick_pipeline_saves_a_model_the_policy_loads_and_samples(
             "position",
             "existence",
         }
-    assert 0.0 <= report["eval"]["generation_cfg"]["overall"] <= 1.0
-    assert report["eval"]["generation_cfg"]["cfg_scale"] == 5.0
+    generation = report["eval"]["generation_cfg"]
+    assert 0.0 <= generation["overall"] <= 1.0
+    assert generation["cfg_scale"] == 5.0
+    # the per-item scores the ablation's bootstrap resamples give back the summaries
+    greedy = report["eval"]["understanding_greedy"]
+    assert len(greedy["items"]) == config.n_eval_und
+    assert sum(greedy["items"]) / len(greedy["items"]) == pytest.approx(
+        greedy["accuracy"], abs=1e-5
+    )
+    from pairuni.shapes.ablate_stats import score
+
+    tags = np.asarray(generation["item_tags"])
+    overall = score(np.asarray([generation["items"]]), tags)
+    assert overall == pytest.approx(generation["overall"], abs=1e-5)
     assert report["vq"]["recovery_rate_originals"] == 1.0  # the detector reads clean renders
 
 

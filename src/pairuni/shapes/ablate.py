@@ -1,12 +1,13 @@
-"""`pairuni shapes ablate`: the paper's data and weighting ablations (Tables 5 and 6, Fig. 8) in
+"""`pairuni shapes ablate`: the paper's data and weighting ablations (Tables 5-9, Fig. 8) in
 miniature on ShapesWorld.
 
 Every run trains the demo's recipe (`demo.yaml`) from the same base model on the same data and
 pairs; a setting changes one key (`data.mode` or `algo.pair_weighting`) and a seed changes the
-RL `seed` (rollout sampling, shuffles). The shared stages and each finished run are saved in
-`<out>/ablate-state.json` as soon as they are done, so a re-run skips them and an interrupted
-training resumes from its last checkpoint. Outputs: `results.json`, `table.md`,
-`grad_agreement.png` and `curves.png` in `<out>/`.
+RL `seed` (rollout sampling, shuffles). The pairing arms (Tables 8-9: the retrieval threshold,
+random selection of the aligned pairs) build their own pairs from the same data, once each.
+The shared stages and each finished run are saved in `<out>/ablate-state.json` as soon as they
+are done, so a re-run skips them and an interrupted training resumes from its last checkpoint.
+Outputs: `results.json`, `table.md`, `grad_agreement.png` and `curves.png` in `<out>/`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ class Setting:
     paper_row: str
     two_tasks: bool = True
     """Whether a step holds both tasks (only then does the trainer measure `grad_cosine`)."""
+    pairing: tuple[str, ...] = ()
+    """`pairs build` settings of this arm's own pairs (`retrieve.threshold=0.5`), as
+    "key=value" items of the `pairing` section; empty: the shared pairs."""
+
+    @property
+    def pairs_stage(self) -> str:
+        """The state key of the pairs this arm trains on."""
+        return f"pairs/{self.name}" if self.pairing else "pairs"
 
 
 SETTINGS: dict[str, Setting] = {
@@ -70,6 +79,24 @@ SETTINGS: dict[str, Setting] = {
             "pairgrpo_linear",
             ("data.mode=pairs", "algo.pair_weighting=linear"),
             "PairUni, linear s_p (Table 7)",
+        ),
+        Setting(
+            "threshold_0.5",
+            ("data.mode=pairs", "algo.pair_weighting=sqrt"),
+            "PairUni, threshold 0.5 (Table 8)",
+            pairing=("retrieve.threshold=0.5",),
+        ),
+        Setting(
+            "threshold_0.7",
+            ("data.mode=pairs", "algo.pair_weighting=sqrt"),
+            "PairUni, threshold 0.7 (Table 8)",
+            pairing=("retrieve.threshold=0.7",),
+        ),
+        Setting(
+            "random_selection",
+            ("data.mode=pairs", "algo.pair_weighting=sqrt"),
+            "PairUni, aligned pairs drawn at random (Table 9)",
+            pairing=("select.method=random",),
         ),
         Setting(
             "cfg_logprob_off",
@@ -101,7 +128,9 @@ DEFAULT_SETTINGS = (
     "generation_only",
 )
 """What `pairuni shapes ablate` runs without --settings (the paper's Tables 5-6 and Fig. 8);
-the others (Table 7's linear weighting, our cfg_in_logprob) are one --settings away."""
+the others (Table 7's linear weighting, Table 8's thresholds 0.5 and 0.7 beside the default
+0.6 of `pairgrpo_sqrt`, Table 9's random selection, our cfg_in_logprob) are one --settings
+away."""
 
 
 class AblationError(ValueError):
@@ -238,6 +267,44 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+BASELINE_SETTING = "unpaired"
+"""The setting the paired differences are taken against (the paper's "Unpair" row)."""
+INTERVAL_METRICS = {
+    "mc_accuracy": ("understanding", None),
+    "mc_accuracy_sampled": ("understanding_sampled", None),
+    "geneval_overall": ("generation", "item_tags"),
+}
+"""metric -> (evaluation key holding per-item `items`, the key of its group labels or None)."""
+
+
+def _item_runs(runs: Sequence[dict[str, Any]], key: str) -> list[list[float]] | None:
+    """Per-run item scores of one evaluation, or None when a run lacks them (older results:
+    `--reevaluate` adds them)."""
+    found = [r["evaluation"].get(key, {}).get("items") for r in runs]
+    return found if all(f is not None for f in found) else None  # type: ignore[return-value]
+
+
+def score_intervals(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per setting and metric: the 95 % interval over seeds and items, and the paired
+    difference against `unpaired` with its interval (`ablate_stats`)."""
+    from pairuni.shapes.ablate_stats import bootstrap_interval, paired_difference
+
+    out: dict[str, Any] = {}
+    for name, setting_runs in runs.items():
+        out[name] = {}
+        for metric, (key, group_key) in INTERVAL_METRICS.items():
+            items = _item_runs(setting_runs, key)
+            if items is None:
+                continue
+            groups = setting_runs[0]["evaluation"][key].get(group_key) if group_key else None
+            entry: dict[str, Any] = {"interval": asdict(bootstrap_interval(items, groups))}
+            baseline = _item_runs(runs.get(BASELINE_SETTING, []), key)
+            if name != BASELINE_SETTING and baseline:
+                entry["vs_" + BASELINE_SETTING] = asdict(paired_difference(items, baseline, groups))
+            out[name][metric] = entry
+    return out
+
+
 def base_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
     """The base model's single evaluation in the shape of `summarize_runs`."""
     return summarize_runs([{"evaluation": evaluation, "grad_cosine": []}])
@@ -279,8 +346,72 @@ def render_table(results: dict[str, Any]) -> str:
         lines.append(_row(name, setting.paper_row, summary[name], f"n/a{'¹²'[note - 1]}"))
     for note in sorted(notes):
         lines += ["", _FOOTNOTES[note]]
+    lines += _pair_counts(results)
+    lines += _interval_table(results)
     lines += ["", *_breakdown(results)]
     return "\n".join(lines) + "\n"
+
+
+def _interval_table(results: dict[str, Any]) -> list[str]:
+    """Each setting's scores with 95 % intervals (bootstrap over seeds and items) and its
+    paired difference against `unpaired`; empty when the runs lack per-item scores."""
+    intervals = results.get("intervals") or {}
+    if not any(intervals.values()):
+        return []
+    metrics = [m for m in INTERVAL_METRICS if any(m in v for v in intervals.values())]
+    titles = {
+        "mc_accuracy": "MC greedy",
+        "mc_accuracy_sampled": "MC T=1",
+        "geneval_overall": "GenEval-style",
+    }
+    header = [f"{titles[m]} [95 % CI] | Δ vs {BASELINE_SETTING} [95 % CI]" for m in metrics]
+    lines = [
+        "",
+        "## 95 % intervals and paired differences",
+        "",
+        "Percentile bootstrap, 2,000 draws, over seeds and held-out items at once; a "
+        f"difference against `{BASELINE_SETTING}` draws the items once for both settings (the "
+        "same held-out items) and the seeds of each apart. **Bold**: the interval of the "
+        "difference excludes 0.",
+        "",
+        "| setting | " + " | ".join(header) + " |",
+        "|---" * (2 * len(metrics) + 1) + "|",
+    ]
+    for name, entry in intervals.items():
+        cells = []
+        for metric in metrics:
+            found = entry.get(metric, {})
+            cells.append(_interval_cell(found.get("interval"), bold=False))
+            diff = found.get(f"vs_{BASELINE_SETTING}")
+            cells.append(_interval_cell(diff, bold=bool(diff) and _excludes_zero(diff)))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _excludes_zero(interval: dict[str, float]) -> bool:
+    return interval["low"] > 0 or interval["high"] < 0
+
+
+def _interval_cell(interval: dict[str, float] | None, bold: bool) -> str:
+    if interval is None:
+        return "—"
+    text = f"{interval['estimate']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
+    return f"**{text}**" if bold else text
+
+
+def _pair_counts(results: dict[str, Any]) -> list[str]:
+    """What each arm trained on: the shared pairs, and the arms that built their own."""
+    arms = results.get("arm_pairs") or {}
+    if not arms:
+        return []
+
+    def counts(pairs: dict[str, Any]) -> str:
+        return f"{pairs['aligned']} aligned + {pairs['retrieved']} retrieved"
+
+    lines = ["", f"Pairs: {counts(results['pairs'])} (shared)"]
+    for name, pairs in arms.items():
+        lines[-1] += f"; {name} ({', '.join(SETTINGS[name].pairing)}): {counts(pairs)}"
+    return [*lines[:-1], lines[-1] + "."]
 
 
 _FOOTNOTES = {
@@ -420,6 +551,7 @@ def run_ablation(
     _check_recipe(state, out, demo_settings, overrides)
     base_cfg = demo_training_config([*COMMON_OVERRIDES, *overrides])
     _shared_stages(state, out, demo_settings, base_cfg, Path(cache_dir), echo)
+    _pairing_arms(state, out, names, demo_settings, base_cfg.seed, Path(cache_dir), echo)
     jobs = [(name, seed) for name in names for seed in range(seeds)]
     if reevaluate:
         keys = [f"run/{n}/seed{s}" for n, s in jobs]
@@ -477,6 +609,31 @@ def _shared_stages(
         state.run(name, fn)
 
 
+def _pairing_arms(
+    state: DemoState,
+    out: Path,
+    names: Sequence[str],
+    settings: DemoSettings,
+    seed: int,
+    cache: Path,
+    echo: Callable[[str], None],
+) -> None:
+    """The pairs of every arm with pairing settings of its own, from the shared data (the
+    oracle's completions and the image features are cached, so only selection and retrieval
+    run again)."""
+    for name in names:
+        setting = SETTINGS[name]
+        if not setting.pairing:
+            continue
+        key = setting.pairs_stage
+        if key not in state.data:
+            echo(f"[pairs] {name}: {', '.join(setting.pairing)}")
+        folder = out / f"pairs-{name}"
+        state.run(
+            key, lambda f=folder, s=setting: make_pairs(out, settings, seed, cache, f, s.pairing)
+        )
+
+
 def _reevaluate(
     state: DemoState,
     run_keys: Sequence[str],
@@ -510,7 +667,9 @@ def _run(
     from pairuni.shapes.report import read_metrics
 
     cfg = run_config(setting, seed, overrides, demo_settings.max_steps)
-    trained = train_model(out / "runs" / setting / f"seed{seed}", cfg, state)
+    trained = train_model(
+        out / "runs" / setting / f"seed{seed}", cfg, state, SETTINGS[setting].pairs_stage
+    )
     evaluation = evaluate_model(trained["model"], cfg, demo_settings)
     rows = read_metrics(Path(trained["metrics"]))
     return {
@@ -543,16 +702,24 @@ def _results(
         "command": command,
         "recipe": state.data["recipe"]["result"],
         "settings": {
-            n: {"overrides": list(SETTINGS[n].overrides), "paper_row": SETTINGS[n].paper_row}
+            n: {
+                "overrides": list(SETTINGS[n].overrides),
+                "pairing": list(SETTINGS[n].pairing),
+                "paper_row": SETTINGS[n].paper_row,
+            }
             for n in names
         },
         "seeds": list(range(seeds)),
         "steps": steps.pop() if len(steps) == 1 else sorted(steps),
         "pairs": state.data["pairs"]["result"],
+        "arm_pairs": {
+            n: state.data[SETTINGS[n].pairs_stage]["result"] for n in names if SETTINGS[n].pairing
+        },
         "base_model": state.data["base_model"]["result"],
         "base": base_summary(state.data["evaluate_base"]["result"]),
         "base_evaluation": state.data["evaluate_base"]["result"],
         "summary": {n: summarize_runs(runs[n]) for n in names},
+        "intervals": score_intervals(runs),
         "runs": runs,
         "seconds": seconds,
     }

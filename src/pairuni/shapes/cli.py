@@ -162,7 +162,7 @@ ABLATE_HELP = "\n\n".join(
     [
         "Train the demo's PairGRPO recipe under each data / weighting setting and compare.",
         # one line per paragraph: this typer keeps a docstring's line breaks and rewraps them
-        "The paper's Tables 5 and 6 and its gradient analysis (Fig. 8) in miniature on "
+        "The paper's Tables 5-9 and its gradient analysis (Fig. 8) in miniature on "
         "ShapesWorld. Every run starts from the same base model, data and pairs as `pairuni "
         "demo` and differs from the demo's recipe only in the ablated key; each seed sets the "
         "RL seed (rollout sampling, shuffles).",
@@ -175,6 +175,9 @@ ABLATE_HELP = "\n\n".join(
         "  generation_only     data.mode=generation_only (Fig. 8)\n"
         "Also (not in the default six):\n"
         "  pairgrpo_linear     pairs, algo.pair_weighting=linear (Table 7)\n"
+        "  threshold_0.5       sqrt, on pairs built with retrieve.threshold=0.5 (Table 8)\n"
+        "  threshold_0.7       sqrt, on pairs built with retrieve.threshold=0.7 (Table 8)\n"
+        "  random_selection    sqrt, on pairs with randomly drawn aligned pairs (Table 9)\n"
         "  cfg_logprob_off     pairs, sqrt, rollout.cfg_in_logprob=false (ours)",
         "Outputs in OUT: results.json (every run's scores, grad_cosine values and reward "
         "curves, the settings and the command); table.md (mean ± sample std over seeds of MC "

@@ -36,8 +36,8 @@ class DemoSettings:
     n_gen: int = 1200
     num_clusters: int = 300
     retrieve_threshold: float = 0.6
-    n_eval_und: int = 200
-    n_eval_gen: int = 120
+    n_eval_und: int = 400
+    n_eval_gen: int = 300
     max_steps: int | None = None
     quick: bool = False
 
@@ -139,8 +139,17 @@ def make_data(out: Path, settings: DemoSettings, seed: int) -> dict[str, Any]:
     return {"understanding": str(und), "generation": str(gen)}
 
 
-def make_pairs(out: Path, settings: DemoSettings, seed: int, cache: Path) -> dict[str, Any]:
-    """PairUG pairs from `out/data` into `out/pairs/pairs.jsonl` (oracle completion)."""
+def make_pairs(
+    out: Path,
+    settings: DemoSettings,
+    seed: int,
+    cache: Path,
+    folder: Path | None = None,
+    pairing: Sequence[str] = (),
+) -> dict[str, Any]:
+    """PairUG pairs from `out/data` into `folder/pairs.jsonl` (default `out/pairs`; oracle
+    completion), with `pairing` ("key=value" items of the pairing section, e.g.
+    `retrieve.threshold=0.5`) over the demo's selection and retrieval settings."""
     from pairuni.pairing.annotators import make_annotator
     from pairuni.pairing.build import run_build
     from pairuni.pairing.complete import complete_records
@@ -160,7 +169,9 @@ def make_pairs(out: Path, settings: DemoSettings, seed: int, cache: Path) -> dic
             "retrieve": {"threshold": settings.retrieve_threshold},
         }
     )
-    pairs = out / "pairs" / "pairs.jsonl"
+    if pairing:
+        pc = _with_pairing_overrides(pc, pairing)
+    pairs = (folder or out / "pairs") / "pairs.jsonl"
     pairs.parent.mkdir(parents=True, exist_ok=True)
     quads = out / "pairs" / "quadruples.jsonl"
     result = run_build(pc, str(pairs), [str(quads)] if quads.exists() else [], progress=True)
@@ -175,12 +186,24 @@ def make_pairs(out: Path, settings: DemoSettings, seed: int, cache: Path) -> dic
         result = run_build(pc, str(pairs), [str(quads)], progress=True)
     from pairuni.pairing.stats import write_report
 
-    write_report(pairs, out / "pairs" / "report")
+    write_report(pairs, pairs.parent / "report")
     return {
         "path": str(pairs),
         "aligned": result.stats["aligned"],
         "retrieved": result.stats["retrieved"],
     }
+
+
+def _with_pairing_overrides(pc: Any, items: Sequence[str]) -> Any:
+    """`pc` with "key=value" items (`--set` syntax, keys inside the pairing section) applied,
+    validated again (an unknown key is refused, as the section forbids extras)."""
+    from pairuni.config import apply_override, parse_override
+    from pairuni.pairing.config import PairingConfig
+
+    raw = pc.model_dump(mode="json")
+    for item in items:
+        apply_override(raw, *parse_override(item))
+    return PairingConfig.model_validate(raw)
 
 
 def make_base_model(cache: Path, settings: DemoSettings) -> dict[str, Any]:
@@ -234,24 +257,31 @@ def evaluate_model(model_path: str, cfg: Any, settings: DemoSettings) -> dict[st
         for draw in range(SAMPLED_EVAL_SEEDS)
     ]
     accuracies = [s["accuracy"] for s in sampled]
+    per_item = [
+        sum(column) / len(column) for column in zip(*(s["items"] for s in sampled), strict=True)
+    ]
     return {
         "understanding": evaluate_understanding(policy, und, images, greedy=True, seed=EVAL_SEED),
         "understanding_sampled": {
             "accuracy": sum(accuracies) / len(accuracies),
             "per_draw": accuracies,
+            "items": per_item,  # each question's accuracy over the draws
             "temperature": cfg.rollout.text_temperature,
         },
         "generation": evaluate_generation(policy, gen, seed=EVAL_SEED),
     }
 
 
-def train_model(out: Path, cfg: Any, state: DemoState) -> dict[str, Any]:
-    """PairGRPO from the state's base model on its pairs into `out/train` (resumes)."""
+def train_model(
+    out: Path, cfg: Any, state: DemoState, pairs_stage: str = "pairs"
+) -> dict[str, Any]:
+    """PairGRPO from the state's base model on the pairs of its stage `pairs_stage` into
+    `out/train` (resumes)."""
     from pairuni.training.runs import head_checkpoint
     from pairuni.training.trainer import PairGRPOTrainer
 
     cfg.model.path = state.data["base_model"]["result"]["path"]
-    cfg.data.path = state.data["pairs"]["result"]["path"]
+    cfg.data.path = state.data[pairs_stage]["result"]["path"]
     cfg.train.out_dir = str(out / "train")
     cfg.train.save_every = min(cfg.train.save_every, cfg.train.max_steps)
     cfg.train.existing_run = "overwrite"  # the folder is the demo's own: a run killed early

@@ -645,6 +645,8 @@ def evaluate_understanding(
         "format": _mean([float(f or 0.0) for f in formatted]),
         "per_category": _per_category([r["category"] for r in records], correct),
         "examples": texts[:5],
+        # each question's score, in record order: what the ablation's bootstrap resamples
+        "items": [float(c or 0.0) for c in correct],
     }
 
 
@@ -666,7 +668,13 @@ def evaluate_generation(
         for record, image in zip(chunk, rollout.images, strict=True):
             verdict = score_image(np.asarray(image.convert("RGB")), record["geneval"])
             verdicts.append((record["category"], verdict.correct))
-    return {"cfg_scale": policy.rollout_config.cfg_scale, **summarize(verdicts)}
+    return {
+        "cfg_scale": policy.rollout_config.cfg_scale,
+        **summarize(verdicts),
+        # each prompt's verdict and tag, in record order (the ablation's bootstrap)
+        "items": [float(correct) for _, correct in verdicts],
+        "item_tags": [tag for tag, _ in verdicts],
+    }
 
 
 def _per_category(categories: Sequence[str], scores: Sequence[float | None]) -> dict[str, float]:
