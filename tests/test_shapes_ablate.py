@@ -465,9 +465,11 @@ def test_interrupted_ablation_resumes_without_redoing_runs(
     real_train = ablate.train_model
     trained: list[str] = []
 
-    def train_then_stop_on_second(run_dir: Path, cfg: Any, state: Any) -> Any:
+    def train_then_stop_on_second(
+        run_dir: Path, cfg: Any, state: Any, pairs_stage: str = "pairs"
+    ) -> Any:
         trained.append(run_dir.name)
-        result = real_train(run_dir, cfg, state)
+        result = real_train(run_dir, cfg, state, pairs_stage)
         if len(trained) == 2:  # killed after the second run's training, before its evaluation
             raise Interrupted
         return result
@@ -489,9 +491,9 @@ def test_interrupted_ablation_resumes_without_redoing_runs(
 
     trained.clear()
 
-    def counting_train(run_dir: Path, cfg: Any, state: Any) -> Any:
+    def counting_train(run_dir: Path, cfg: Any, state: Any, pairs_stage: str = "pairs") -> Any:
         trained.append(run_dir.name)
-        return real_train(run_dir, cfg, state)
+        return real_train(run_dir, cfg, state, pairs_stage)
 
     monkeypatch.setattr(ablate, "train_model", counting_train)
     results = run_ablation(out, ["random_pairs"], seeds=2, **kwargs)
