@@ -289,6 +289,9 @@ def score_intervals(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     difference against `unpaired` with its interval (`ablate_stats`)."""
     from pairuni.shapes.ablate_stats import bootstrap_interval, paired_difference
 
+    baselines = {
+        key: _item_runs(runs.get(BASELINE_SETTING, []), key) for key, _ in INTERVAL_METRICS.values()
+    }
     out: dict[str, Any] = {}
     for name, setting_runs in runs.items():
         out[name] = {}
@@ -298,7 +301,7 @@ def score_intervals(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 continue
             groups = setting_runs[0]["evaluation"][key].get(group_key) if group_key else None
             entry: dict[str, Any] = {"interval": asdict(bootstrap_interval(items, groups))}
-            baseline = _item_runs(runs.get(BASELINE_SETTING, []), key)
+            baseline = baselines[key]
             if name != BASELINE_SETTING and baseline:
                 entry["vs_" + BASELINE_SETTING] = asdict(paired_difference(items, baseline, groups))
             out[name][metric] = entry
@@ -355,6 +358,8 @@ def render_table(results: dict[str, Any]) -> str:
 def _interval_table(results: dict[str, Any]) -> list[str]:
     """Each setting's scores with 95 % intervals (bootstrap over seeds and items) and its
     paired difference against `unpaired`; empty when the runs lack per-item scores."""
+    from pairuni.shapes.ablate_stats import Interval
+
     intervals = results.get("intervals") or {}
     if not any(intervals.values()):
         return []
@@ -383,19 +388,19 @@ def _interval_table(results: dict[str, Any]) -> list[str]:
             found = entry.get(metric, {})
             cells.append(_interval_cell(found.get("interval"), bold=False))
             diff = found.get(f"vs_{BASELINE_SETTING}")
-            cells.append(_interval_cell(diff, bold=bool(diff) and _excludes_zero(diff)))
+            bold = diff is not None and Interval(**diff).excludes_zero()
+            cells.append(_interval_cell(diff, bold=bold))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _excludes_zero(interval: dict[str, float]) -> bool:
-    return interval["low"] > 0 or interval["high"] < 0
-
-
 def _interval_cell(interval: dict[str, float] | None, bold: bool) -> str:
+    """An `ablate_stats.Interval` saved as a dict, written as "estimate [low, high]"."""
+    from pairuni.shapes.ablate_stats import Interval
+
     if interval is None:
         return "—"
-    text = f"{interval['estimate']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
+    text = Interval(**interval).format()
     return f"**{text}**" if bold else text
 
 
@@ -408,10 +413,11 @@ def _pair_counts(results: dict[str, Any]) -> list[str]:
     def counts(pairs: dict[str, Any]) -> str:
         return f"{pairs['aligned']} aligned + {pairs['retrieved']} retrieved"
 
-    lines = ["", f"Pairs: {counts(results['pairs'])} (shared)"]
-    for name, pairs in arms.items():
-        lines[-1] += f"; {name} ({', '.join(SETTINGS[name].pairing)}): {counts(pairs)}"
-    return [*lines[:-1], lines[-1] + "."]
+    parts = [f"{counts(results['pairs'])} (shared)"] + [
+        f"{name} ({', '.join(SETTINGS[name].pairing)}): {counts(pairs)}"
+        for name, pairs in arms.items()
+    ]
+    return ["", f"Pairs: {'; '.join(parts)}."]
 
 
 _FOOTNOTES = {

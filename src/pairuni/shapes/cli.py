@@ -46,8 +46,13 @@ def shapes_data(
     settings, which `--config` reads back to write the same data) under OUT."""
     from pairuni.shapes.build import write_dataset
 
-    given = {"n_und": n_und, "n_gen": n_gen, "seed": seed, "image_size": size}
-    given["max_objects"] = max_objects
+    given = {
+        "n_und": n_und,
+        "n_gen": n_gen,
+        "seed": seed,
+        "image_size": size,
+        "max_objects": max_objects,
+    }
     settings = _shapes_settings(config, {k: v for k, v in given.items() if v is not None})
     data_seed = 0 if settings.seed is None else settings.seed
     und, gen = write_dataset(
@@ -66,30 +71,25 @@ def shapes_data(
 
 
 def _shapes_settings(config: Path | None, options: dict[str, int]) -> Any:
-    """The ShapesConfig of `--config` (if any) with the given options on top; exits with the
-    file, the key and the allowed range on a bad value."""
-    import yaml
+    """The ShapesConfig of `--config` (if any) with the given options on top; exits naming
+    the file, the key and what is wrong (the config loader's reader and messages)."""
     from pydantic import ValidationError
 
+    from pairuni.config import ConfigError, format_validation_error, read_yaml_mapping
     from pairuni.shapes.config import ShapesConfig
 
     raw: dict[str, Any] = {}
     if config is not None:
         try:
-            loaded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as err:
-            fail(f"cannot read --config {config}: {err}")
-        if not isinstance(loaded, dict):
-            fail(f"--config {config}: expected a mapping of ShapesConfig keys")
+            loaded = read_yaml_mapping(config)
+        except ConfigError as err:
+            fail(str(err))
         raw = loaded.get("shapes", loaded)
-    where = f"--config {config} and the options" if config else "the options"
+    source = f"--config {config} and the options" if config else "the options"
     try:
         return ShapesConfig.model_validate({**raw, **options})
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in err.errors()
-        )
-        fail(f"bad ShapesWorld settings in {where}: {problems}")
+        fail(format_validation_error(err, ShapesConfig, source, set()))
 
 
 def _write_settings(path: Path, settings: Any) -> None:
