@@ -51,6 +51,7 @@ class Collective:
         self.is_main = bool(self.accelerator.is_main_process)
         self.timeout_s = timeout_s
         self.entered = 0  # collectives this process has entered
+        self.completed = 0  # ... and come out of
         self.stage = "start"  # what the trainer is doing (named in timeout messages)
         self._store = self._job_store() if self.world_size > 1 else None
 
@@ -73,7 +74,13 @@ class Collective:
     def _publish(self, op: str) -> None:
         if self._store is None:
             return
-        record = {"entered": self.entered, "op": op, "stage": self.stage, "time": time.time()}
+        record = {
+            "entered": self.entered,
+            "completed": self.completed,
+            "op": op,
+            "stage": self.stage,
+            "time": time.time(),
+        }
         with contextlib.suppress(RuntimeError):
             self._store.set(f"{STORE_PREFIX}{self.rank}", json.dumps(record))
 
@@ -97,17 +104,11 @@ class Collective:
     def diagnose(self, op: str, error: BaseException) -> CollectiveTimeoutError:
         """The error to raise when collective `op` failed: who did not arrive, and where they
         were last seen."""
-        now = time.time()
-        behind = []
-        for rank, record in self._peer_records().items():
-            if record is None:
-                behind.append(f"rank {rank} (its progress could not be read)")
-            elif record["entered"] < self.entered:
-                age = now - float(record["time"])
-                behind.append(
-                    f"rank {rank} (last seen {age:.0f} s ago entering collective "
-                    f"#{record['entered']}, {record['op']} during {record['stage']})"
-                )
+        behind = [
+            who
+            for rank, record in self._peer_records().items()
+            if (who := self._describe_peer(rank, record, time.time())) is not None
+        ]
         waited = f"rank {self.rank} waited in collective #{self.entered} ({op} during {self.stage})"
         if behind:
             who = "; ".join(behind)
@@ -121,12 +122,41 @@ class Collective:
             "on one process, raise train.collective_timeout_s"
         )
 
+    def _describe_peer(self, rank: int, record: dict[str, Any] | None, now: float) -> str | None:
+        """Where a peer was last seen, if it has not come out of the collective this process
+        waits in (None: it has, so it is not the one holding the job up). A peer stopped
+        INSIDE that collective (it published entering it, then froze before its share was
+        sent) counts too: comparing entries alone would miss it."""
+        if record is None:
+            return f"rank {rank} (its progress could not be read)"
+        completed = int(record.get("completed", record["entered"] - 1))
+        if completed >= self.entered:
+            return None
+        age = now - float(record["time"])
+        where = "inside" if record["entered"] >= self.entered else "entering"
+        return (
+            f"rank {rank} (last seen {age:.0f} s ago {where} collective "
+            f"#{record['entered']}, {record['op']} during {record['stage']})"
+        )
+
     def _collective(self, op: str, call: Callable[[], T]) -> T:
         self._mark(op)
         try:
-            return call()
+            result = call()
         except RuntimeError as err:  # torch's DistBackendError / gloo's timeouts
             raise self.diagnose(op, err) from err
+        self.completed = self.entered
+        self._publish(op)
+        return result
+
+    def close(self) -> None:
+        """End the job's process group once every process got here. Left to the interpreter's
+        exit, gloo's worker threads can be torn down in the wrong order and abort a process
+        that finished its work ("terminate called without an active exception", exit -6)."""
+        if self.world_size == 1 or not torch.distributed.is_initialized():
+            return
+        self.barrier()
+        self.accelerator.end_training()
 
     def run_on_main(self, stage: str, work: Callable[[], T]) -> T | None:
         """`work()` on the main process (an evaluation) while the others wait for it however
@@ -142,6 +172,8 @@ class Collective:
         done_key = f"pairuni/done/{self.entered}"
         if not self.is_main:
             self._wait_for_main(done_key, stage)
+            self.completed = self.entered
+            self._publish(f"main-only {stage}")
             return None
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(stop, stage), daemon=True)
@@ -150,10 +182,12 @@ class Collective:
         try:
             result = work()
             outcome = "ok"
+            self.completed = self.entered
             return result
         finally:
             stop.set()
             beat.join()
+            self._publish(f"main-only {stage}")
             self._store.set(done_key, outcome)
 
     def _heartbeat(self, stop: threading.Event, stage: str) -> None:

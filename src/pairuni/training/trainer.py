@@ -575,6 +575,7 @@ class PairGRPOTrainer:
             bar.close()
             if self.tracker is not None:
                 self.tracker.close()
+        self.dist.close()
         return metrics
 
     def _train_step(self) -> dict[str, float]:
