@@ -279,3 +279,35 @@ def test_algorithm_core_has_no_torch_at_import_and_no_loop_dependency() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     code = "import sys, pairuni.config\nassert 'torch' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("level", "on_policy"),
+    [("token", False), ("token", True), ("sequence", False), ("sequence", True)],
+)
+def test_separable_over_tokens_says_when_other_tokens_values_leave_a_gradient_alone(
+    level: str, on_policy: bool
+) -> None:
+    """The gradient of token (0, 0)'s log-prob, with the other tokens' (detached) values moved:
+    unchanged exactly when `separable_over_tokens` says so (what staged backward relies on)."""
+    from pairuni.rl.objective import separable_over_tokens, task_loss
+
+    cfg = AlgoConfig(importance_sampling_level=level, beta=0.04, dual_clip=3.0)
+    gen = torch.Generator().manual_seed(3)
+    values = -torch.rand(3, 5, generator=gen, dtype=F64) * 3
+    old = None if on_policy else values + 0.2 * torch.randn(3, 5, generator=gen, dtype=F64)
+    ref = values + 0.1 * torch.randn(3, 5, generator=gen, dtype=F64)
+    advantages = torch.randn(3, generator=gen, dtype=F64)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+
+    def gradient_of_first_token(others: torch.Tensor) -> float:
+        first = values[0, 0].clone().requires_grad_(True)
+        logp = others.clone()
+        logp[0, 0] = first
+        batch = TaskBatch(logp=logp, mask=mask, advantages=advantages, old_logp=old, ref_logp=ref)
+        task_loss(batch, cfg)[0].backward()
+        return float(first.grad)
+
+    moved = values - 0.5 * torch.rand(3, 5, generator=gen, dtype=F64)
+    same = gradient_of_first_token(values) == pytest.approx(gradient_of_first_token(moved))
+    assert same == separable_over_tokens(cfg, on_policy)

@@ -24,18 +24,17 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_dimoo(tmp_path_factory.mktemp("dimoo") / "tiny")
 
 
-def dimoo_config(checkpoint: Path, tmp_path: Path, estimator: str, **sections: Any):
+def dimoo_config(
+    checkpoint: Path, tmp_path: Path, estimator: str, dimoo: dict | None = None, **sections: Any
+):
     pairs = demo.write_demo_pairs(tmp_path / "data", num_pairs=4)
+    settings = {"image_size": 32, "image_steps": 2, "text_steps": 2, "logprob": estimator}
     raw = demo.demo_config(
         checkpoint,
         pairs,
         tmp_path / "run",
         model={"backend": "auto", "trainable": ["language_model"], "dtype": "float32"},
-        rollout={
-            "max_new_tokens": 4,
-            "cfg_scale": 3.0,
-            "dimoo": {"image_size": 32, "image_steps": 2, "text_steps": 2, "logprob": estimator},
-        },
+        rollout={"max_new_tokens": 4, "cfg_scale": 3.0, "dimoo": {**settings, **(dimoo or {})}},
         **sections,
     )
     return PairUniConfig.model_validate(raw)
@@ -89,3 +88,53 @@ def test_settings_dimoo_lacks_fail_with_a_message_not_a_traceback(
     result = CliRunner().invoke(app, ["train", "--config", str(config), "--set", override])
     assert result.exit_code == 2, result.output
     assert named in result.output and "Traceback" not in result.output
+
+
+def gradients_of_one_update(trainer: PairGRPOTrainer, rollouts, advantages, groups):
+    """Both tasks' losses backpropagated with `trajectory_backward_groups = groups`: the
+    parameters' gradients and the loss metrics."""
+    trainer.policy.settings.trajectory_backward_groups = groups
+    for param in trainer.params:
+        param.grad = None
+    metrics: dict[str, Any] = {}
+    for task in rollouts:
+        spec = task.spec
+        adv = advantages[spec.key].advantages[trainer._local_rows(spec)]
+        mask = spec.loss_mask(task.rollout)
+        whole = slice(0, len(task.rollout))
+        named, _ = trainer._loss(task, whole, adv, mask, float(mask.shape[0]), float(mask.sum()))
+        metrics.update({k: float(v) for k, v in named.items()})
+    return [param.grad.clone() for param in trainer.params], metrics
+
+
+@pytest.mark.parametrize(
+    ("level", "iterations"), [("token", 1), ("token", 2), ("sequence", 2)]
+)
+def test_backward_by_trajectory_group_gives_the_gradient_of_one_backward(
+    checkpoint, tmp_path, level, iterations
+):
+    """One backward per replay group (one forward's graph alive at a time, the default) adds up
+    to the gradient of one backward through the whole replay, off policy and with the KL term
+    too; under sequence-level ratios the other groups' exact log-probs enter the ratio."""
+    algo = {"num_iterations": iterations, "importance_sampling_level": level, "beta": 0.1}
+    cfg = dimoo_config(checkpoint, tmp_path, "trajectory", {"image_steps": 3}, algo=algo)
+    trainer = PairGRPOTrainer(cfg)
+    batch = trainer._sample_batch(0)
+    rollouts = trainer._rollout(batch)
+    advantages = trainer._advantages(batch, trainer._score(batch, rollouts))
+    for task in rollouts:
+        trainer._old_logprobs(task)
+        trainer._ref_logprobs(task)
+        assert trainer._logprob_stages(task.spec, task.rollout) > 1
+    with torch.no_grad():  # off policy: the weights move after pi_old was recorded
+        generator = torch.Generator().manual_seed(0)
+        for param in trainer.params:
+            param.add_(0.05 * param.std() * torch.randn(param.shape, generator=generator))
+    whole, whole_metrics = gradients_of_one_update(trainer, rollouts, advantages, None)
+    staged, staged_metrics = gradients_of_one_update(trainer, rollouts, advantages, 1)
+    assert any(g.abs().max() > 0 for g in whole)
+    for a, b in zip(whole, staged, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    assert staged_metrics.keys() == whole_metrics.keys()
+    for key, value in whole_metrics.items():
+        assert staged_metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key

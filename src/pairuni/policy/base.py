@@ -255,6 +255,28 @@ class LogProbScorer(Protocol):
         ...
 
 
+@runtime_checkable
+class StagedLogProbScorer(LogProbScorer, Protocol):
+    """A scorer whose log-probs of one record come from several forwards, each scoring its own
+    tokens (DiMOO's `trajectory` replays one forward per sampler step). The trainer can then
+    run the backward stage by stage, holding one stage's graph at a time instead of all of
+    them; the summed gradient is the same (each token's log-prob depends on its own stage's
+    forward only)."""
+
+    def logprob_stages(self, task: Task, rollout: Any) -> int:
+        """How many stages the loss's backward of `rollout` (a task's record) is split into;
+        1: one backward of `text_logprobs` / `image_logprobs` as for any scorer."""
+        ...
+
+    def stage_logprobs(
+        self, task: Task, rollout: Any, stage: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logprobs, mask) of stage `stage` in [0, logprob_stages): (B, T) log-probs with
+        gradient, equal to `text_logprobs` / `image_logprobs` where `mask` (B, T) bool is set
+        (the stage's tokens, disjoint across stages, together all of them) and 0 elsewhere."""
+        ...
+
+
 @dataclasses.dataclass
 class FsdpLayout:
     """How FSDP2 shards a policy's `module` (`TrainablePolicy.fsdp_layout`).

@@ -91,6 +91,16 @@ def task_loss(batch: TaskBatch, config: AlgoConfig) -> tuple[torch.Tensor, dict[
     return loss, {"loss": loss.detach(), **surrogate.metrics}
 
 
+def separable_over_tokens(config: AlgoConfig, on_policy: bool) -> bool:
+    """Whether the gradient of `task_loss` with respect to one token's log-prob depends on that
+    token's log-prob alone (the others enter only as detached constants or not at all): true
+    with token-level ratios (clipping, the KL estimator and every aggregation are per token,
+    with constant normalisers), and with sequence-level ratios only on-policy (ratio 1
+    whatever the values). A trainer that backpropagates a record's tokens in stages may then
+    leave the other stages' log-probs at any finite value."""
+    return config.importance_sampling_level == "token" or on_policy
+
+
 def pairgrpo_loss(
     und: TaskBatch | None, gen: TaskBatch | None, config: AlgoConfig
 ) -> ObjectiveOutput:

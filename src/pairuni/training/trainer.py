@@ -48,13 +48,20 @@ from pairuni.data.schema import Pair
 from pairuni.policy.base import (
     LogProbScorer,
     RolloutBatch,
+    StagedLogProbScorer,
     Task,
     TrainablePolicy,
     UnsupportedSettingError,
     missing_members,
 )
 from pairuni.rewards.base import RewardSet
-from pairuni.rl.objective import TaskAdvantages, TaskBatch, task_advantages, task_loss
+from pairuni.rl.objective import (
+    TaskAdvantages,
+    TaskBatch,
+    separable_over_tokens,
+    task_advantages,
+    task_loss,
+)
 from pairuni.training import checkpoint as ckpt
 from pairuni.training import runs
 from pairuni.training.distributed import Collective
@@ -843,23 +850,69 @@ class PairGRPOTrainer:
         loss; returns its metrics and its token count."""
         spec, old, ref = task.spec, task.old_logp, task.ref_logp
         micro = task.rollout[rows]
-        with self._autocast():
-            logp = spec.logprobs(self.policy, micro).float()
-        device = logp.device
-        batch = TaskBatch(
-            logp=logp,
-            mask=mask.to(device),
-            advantages=adv.to(device),
-            old_logp=None if old is None else old[rows].to(device).float(),
-            ref_logp=None if ref is None else ref[rows].to(device),
-            num_sequences=num_sequences,
-            num_tokens=num_tokens,
-            norm_length=spec.norm_length(task.rollout),
-        )
-        loss, metrics = task_loss(batch, self.algo)
-        (spec.loss_weight * loss).backward()
+
+        def batch_of(logp: torch.Tensor) -> TaskBatch:
+            device = logp.device
+            return TaskBatch(
+                logp=logp,
+                mask=mask.to(device),
+                advantages=adv.to(device),
+                old_logp=None if old is None else old[rows].to(device).float(),
+                ref_logp=None if ref is None else ref[rows].to(device),
+                num_sequences=num_sequences,
+                num_tokens=num_tokens,
+                norm_length=spec.norm_length(task.rollout),
+            )
+
+        stages = self._logprob_stages(spec, micro)
+        if stages > 1:
+            metrics = self._staged_backward(spec, micro, stages, batch_of, on_policy=old is None)
+        else:
+            with self._autocast():
+                logp = spec.logprobs(self.policy, micro).float()
+            loss, metrics = task_loss(batch_of(logp), self.algo)
+            (spec.loss_weight * loss).backward()
         named = {f"{spec.key}/{k}": v for k, v in metrics.items()}
         return named, float(mask.sum())
+
+    def _logprob_stages(self, spec: TaskSpec, micro: RolloutBatch) -> int:
+        """Stages of the loss's backward of one micro-batch (1 unless the policy scores a
+        record with several forwards and splits them: `StagedLogProbScorer`)."""
+        if not isinstance(self.policy, StagedLogProbScorer):
+            return 1
+        return max(1, int(self.policy.logprob_stages(spec.name, micro)))
+
+    def _staged_backward(
+        self,
+        spec: TaskSpec,
+        micro: RolloutBatch,
+        stages: int,
+        batch_of: Callable[[torch.Tensor], TaskBatch],
+        on_policy: bool,
+    ) -> dict[str, torch.Tensor]:
+        """The micro-batch's backward one stage at a time, one stage's graph held at a time:
+        stage s's log-probs carry the gradient, every other token is a detached constant, so
+        the stages' gradients add up to that of one backward through all of them. The other
+        tokens' values are exact where the loss needs them (sequence-level ratios off policy:
+        one extra forward pass without gradient) and the sampler's recorded log-probs
+        otherwise; the metrics are computed once from the assembled values."""
+        policy: Any = self.policy
+        if separable_over_tokens(self.algo, on_policy):
+            filler = micro.logprobs.detach().float()  # type: ignore[attr-defined]
+        else:
+            with torch.no_grad(), self._autocast():
+                filler = spec.logprobs(policy, micro).float()
+        values = torch.zeros_like(filler)
+        for stage in range(stages):
+            with self._autocast():
+                logp, in_stage = policy.stage_logprobs(spec.name, micro, stage)
+            logp, in_stage = logp.float(), in_stage.to(filler.device)
+            values = torch.where(in_stage, logp.detach(), values)
+            loss, _ = task_loss(batch_of(torch.where(in_stage, logp, filler)), self.algo)
+            (spec.loss_weight * loss).backward()
+        with torch.no_grad():
+            _, metrics = task_loss(batch_of(values), self.algo)
+        return metrics
 
     def _take_grads(self) -> torch.Tensor:
         """The accumulated gradient as one flat vector; the parameters' grads are cleared."""

@@ -45,6 +45,13 @@ class DimooRolloutConfig(Section):
     """`trajectory`: consecutive sampler steps scored by one forward (1: every step, the exact
     replay; T / shrink forwards per branch)."""
 
+    trajectory_backward_groups: int | None = Field(1, ge=1)
+    """`trajectory`: replay groups whose graphs the loss's backward holds at once. 1 (the
+    default): one backward per group, so the activations of one forward (per guidance branch)
+    are alive at a time instead of those of all T / shrink of them; the summed gradient is the
+    same, and so is the compute (one extra forward pass without gradient, only for
+    sequence-level ratios off policy). `null`: one backward through the whole replay."""
+
     random_mask_copies: int = Field(2, ge=2, multiple_of=2)
     """`random_mask`: noisy copies per row, in coupled pairs (a mask and its complement), so that
     every token is scored once per pair; the log-prob of a token is its mean over the pairs."""

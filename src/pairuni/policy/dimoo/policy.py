@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pairuni.policy.base import RolloutBatch, UnsupportedSettingError, cast_parameters
+from pairuni.policy.base import RolloutBatch, Task, UnsupportedSettingError, cast_parameters
 from pairuni.policy.dimoo.config import DimooRolloutConfig
 from pairuni.policy.dimoo.sampling import ImageSampling, Rollout, TextSampling
 from pairuni.policy.prompts import format_question
@@ -571,27 +572,56 @@ class DimooPolicy:
 
     def text_logprobs(self, rollout: DimooTextRollout) -> torch.Tensor:
         """(B, L) log-probs of the answers under the configured estimator, with gradient."""
-        from pairuni.policy.dimoo.sequence import Layout
-
-        layout = Layout(task="understanding", ids=self.ids, cond=_branch(rollout, "seq"))
-        record = self._sampler_record(layout, rollout, rollout.completion_ids, "text")
-        return self._estimate(record, rollout.completion_mask)
+        return self._estimate(*self._scored_record("understanding", rollout))
 
     def image_logprobs(self, rollout: DimooImageRollout) -> torch.Tensor:
         """(B, N) log-probs of the image codes under the configured estimator, with gradient."""
+        return self._estimate(*self._scored_record("generation", rollout))
+
+    def _scored_record(self, task: Task, rollout: Any) -> tuple[Rollout, torch.Tensor]:
+        """The sampler's record of a task's rollout record, and the mask of its tokens."""
         from pairuni.policy.dimoo.sequence import Layout
 
-        settings = self.image_sampling()
+        if task == "understanding":
+            layout = Layout(task="understanding", ids=self.ids, cond=_branch(rollout, "seq"))
+            record = self._sampler_record(layout, rollout, rollout.completion_ids, "text")
+            return record, rollout.completion_mask
         layout = Layout(
             task="text_to_image",
             ids=self.ids,
             cond=_branch(rollout, "seq"),
-            uncond_text=_branch(rollout, "uncond") if settings.guidance else None,
+            uncond_text=_branch(rollout, "uncond") if self.image_sampling().guidance else None,
             grid=self.grid,
         )
         tokens = rollout.image_ids + self.ids.image_offset
         record = self._sampler_record(layout, rollout, tokens, "image")
-        return self._estimate(record, torch.ones_like(rollout.image_ids))
+        return record, torch.ones_like(rollout.image_ids)
+
+    def logprob_stages(self, task: Task, rollout: Any) -> int:
+        """`trajectory` with `rollout.dimoo.trajectory_backward_groups` set: the groups of the
+        replay, that many per backward (docs/dimoo.md, "Memory"); otherwise 1."""
+        from pairuni.policy.dimoo.logprobs import num_groups
+
+        per_backward = self.settings.trajectory_backward_groups
+        if self.settings.logprob != "trajectory" or per_backward is None:
+            return 1
+        steps = (self.text_sampling() if task == "understanding" else self.image_sampling()).steps
+        return math.ceil(num_groups(steps, self.settings.trajectory_shrink) / per_backward)
+
+    def stage_logprobs(
+        self, task: Task, rollout: Any, stage: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trajectory groups of backward stage `stage`: their tokens' log-probs with
+        gradient (0 elsewhere) and the mask of those tokens."""
+        from pairuni.policy.dimoo.logprobs import num_groups, trajectory
+
+        record, mask = self._scored_record(task, rollout)
+        shrink = self.settings.trajectory_shrink
+        total = num_groups(record.settings.steps, shrink)
+        per_backward = self.settings.trajectory_backward_groups or total
+        groups = range(stage * per_backward, min((stage + 1) * per_backward, total))
+        out = trajectory(self._logits, record, shrink=shrink, groups=groups)
+        return out.logprobs * mask, out.mask.bool() & mask.bool()
 
     def _sampler_record(
         self, layout: Layout, rollout: Any, tokens: torch.Tensor, kind: str
