@@ -107,9 +107,7 @@ def gradients_of_one_update(trainer: PairGRPOTrainer, rollouts, advantages, grou
     return [param.grad.clone() for param in trainer.params], metrics
 
 
-@pytest.mark.parametrize(
-    ("level", "iterations"), [("token", 1), ("token", 2), ("sequence", 2)]
-)
+@pytest.mark.parametrize(("level", "iterations"), [("token", 1), ("token", 2), ("sequence", 2)])
 def test_backward_by_trajectory_group_gives_the_gradient_of_one_backward(
     checkpoint, tmp_path, level, iterations
 ):
