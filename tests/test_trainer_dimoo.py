@@ -73,7 +73,9 @@ def test_dimoo_trains_two_steps_and_its_checkpoint_loads_back(checkpoint, tmp_pa
         assert torch.equal(param, dict(trainer.policy.module.named_parameters())[name])
 
 
-@pytest.mark.parametrize(("override", "named"), [("model.lora={rank: 4}", "model.lora")])
+@pytest.mark.parametrize(
+    ("override", "named"), [("model.trainable=[language_model, vision_model]", "vision_model")]
+)
 def test_settings_dimoo_lacks_fail_with_a_message_not_a_traceback(
     checkpoint, tmp_path, override, named
 ):

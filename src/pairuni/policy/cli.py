@@ -184,18 +184,19 @@ def merge_lora(
     ] = "float32",
     device: DeviceOption = "cpu",
 ) -> None:
-    """Merge a LoRA checkpoint's adapters into its base model and write an ordinary Janus
-    checkpoint (HF format) that `generate`, `answer`, `eval` and transformers load as usual.
-    (They also load the adapter folder itself, on its base model.)"""
+    """Merge a LoRA checkpoint's adapters into its base model and write an ordinary checkpoint
+    of the base model's family: Janus in the HF format (transformers loads it), Lumina-DiMOO
+    in its released layout (DiMOO's own code loads it). `generate`, `answer` and `eval` also
+    load the adapter folder itself, on its base model."""
     from pairuni.policy.config import ModelConfig
-    from pairuni.policy.janus import CheckpointError, JanusPolicy
-    from pairuni.policy.lora import LoraError, is_adapter_dir
+    from pairuni.policy.lora import is_adapter_dir
+    from pairuni.policy.registry import load_errors, load_policy
 
     if not is_adapter_dir(adapter):
         fail(f"{adapter} holds no adapter_config.json: it is not a LoRA checkpoint folder")
     try:
-        policy = JanusPolicy.load(adapter, ModelConfig(dtype=dtype, device=device or "cpu"))
-    except (CheckpointError, LoraError, ValueError) as err:
+        policy: Any = load_policy(adapter, ModelConfig(dtype=dtype, device=device or "cpu"))
+    except (*load_errors(), ValueError) as err:
         fail(str(err))
     policy.merged().save(out)
     typer.echo(f"wrote the merged model to {out}")

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from PIL import Image
     from transformers import JanusForConditionalGeneration, JanusProcessor
 
+    from pairuni.policy.lora import AdaptersDisabled
+
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -471,13 +473,15 @@ class JanusPolicy:
         config = self.model_config.model_copy(update={"lora": None})
         return JanusPolicy(model, self.processor, config, self.rollout_config)
 
-    def reference(self, dtype: str | None = None) -> ReferenceView | JanusPolicy:
+    def reference(self, dtype: str | None = None) -> AdaptersDisabled | JanusPolicy:
         """pi_ref for the KL term (`TrainablePolicy.reference`): with LoRA adapters the same
         weights with the adapters disabled (no second copy); otherwise a frozen copy of the
         initial checkpoint `model_config.path` in `dtype` (default `model_config.dtype`), on
         this policy's configured device, in eval mode."""
         if self.peft is not None:
-            return ReferenceView(self)
+            from pairuni.policy.lora import AdaptersDisabled
+
+            return AdaptersDisabled(self)
         config = self.model_config.model_copy(update={"dtype": dtype or self.model_config.dtype})
         ref = JanusPolicy.load(config.path, config, self.rollout_config, for_training=True)
         ref.model.requires_grad_(False)
@@ -1061,26 +1065,6 @@ class JanusPolicy:
             yield
         finally:
             self.model.train(was_training)
-
-
-class ReferenceView:
-    """The text and image log-probs of a LoRA policy with its adapters disabled: the initial
-    model, sharing every weight with the policy."""
-
-    def __init__(self, policy: JanusPolicy) -> None:
-        self.policy = policy
-
-    def text_logprobs(self, rollout: TextRollout) -> torch.Tensor:
-        from pairuni.policy.lora import adapters_disabled
-
-        with adapters_disabled(self.policy.peft):
-            return self.policy.text_logprobs(rollout)
-
-    def image_logprobs(self, rollout: ImageRollout) -> torch.Tensor:
-        from pairuni.policy.lora import adapters_disabled
-
-        with adapters_disabled(self.policy.peft):
-            return self.policy.image_logprobs(rollout)
 
 
 def _square(image: Image.Image) -> Image.Image:  # PIL is imported by the caller

@@ -1,4 +1,4 @@
-"""LoRA adapters on a Janus model through `peft` (`model.lora`, docs/policy.md "LoRA").
+"""LoRA adapters through `peft` (`model.lora`, docs/policy.md "LoRA"), for every backend.
 
 peft injects its LoRA layers into the model in place, so every sub-module the policy calls
 directly (the language model, the generation head, ...) runs through them; the `PeftModel`
@@ -160,3 +160,20 @@ def adapters_disabled(peft_model: PeftModel | None) -> Iterator[None]:
         return
     with peft_model.disable_adapter():
         yield
+
+
+class AdaptersDisabled:
+    """pi_ref of a LoRA policy (any backend whose policy holds its `PeftModel` as `peft`): the
+    policy's text and image log-probs with the adapters disabled, i.e. the initial model,
+    sharing every weight with the policy (no second copy)."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+    def text_logprobs(self, rollout: Any) -> torch.Tensor:
+        with adapters_disabled(self.policy.peft):
+            return self.policy.text_logprobs(rollout)
+
+    def image_logprobs(self, rollout: Any) -> torch.Tensor:
+        with adapters_disabled(self.policy.peft):
+            return self.policy.image_logprobs(rollout)

@@ -1,7 +1,8 @@
 """Policy backends by name: the one place that knows which classes exist.
 
 `model.backend: auto` (the default) reads the checkpoint's config.json (`model_type: janus` ->
-Janus, `llada` -> Lumina-DiMOO); a LoRA adapter folder (no config.json of its own) is Janus's.
+Janus, `llada` -> Lumina-DiMOO); a LoRA adapter folder (no config.json of its own) has the
+backend of the base model it names.
 Adding a backend means a class implementing `policy.base.UnifiedPolicy` (and `TrainablePolicy`
 for `pairuni train`) and one entry here.
 """
@@ -35,7 +36,11 @@ def resolve_backend(backend: str, path: str | Path | None) -> str:
     if path is None:
         return "janus"
     from pairuni.policy.dimoo.model import backend_of
+    from pairuni.policy.lora import adapter_base, is_adapter_dir
 
+    if is_adapter_dir(path):  # a LoRA checkpoint: the backend of the model it adapts
+        base = adapter_base(path)
+        return (backend_of(base) or "janus") if base.is_dir() else "janus"
     return backend_of(path) or "janus"
 
 

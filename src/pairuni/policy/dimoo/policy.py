@@ -35,8 +35,12 @@ if TYPE_CHECKING:
     from pairuni.policy.config import ModelConfig, RolloutConfig
     from pairuni.policy.dimoo.model import DimooModel
     from pairuni.policy.dimoo.sequence import Branch, Layout
+    from pairuni.policy.lora import AdaptersDisabled
 
 TRAINABLE = ("language_model",)
+LORA_PREFIXES = {"language_model": ("model", "lm_head")}
+"""Where `model.lora.modules` puts adapters in the backbone (`LlamaForCausalLM`): the linear
+layers of the decoder stack; the output head stays frozen, as for Janus."""
 
 
 @dataclasses.dataclass
@@ -119,7 +123,11 @@ class DimooPolicy:
         model: DimooModel,
         model_config: ModelConfig | None = None,
         rollout_config: RolloutConfig | None = None,
+        peft_model: Any = None,
     ) -> None:
+        """`peft_model`: the `PeftModel` wrapping `model.backbone` when it carries adapters
+        already (an adapter folder); with `model_config.lora` and none, fresh adapters (peft's
+        init: B = 0, so the model is unchanged) go on the decoder's linear layers."""
         from pairuni.policy.config import ModelConfig, RolloutConfig
 
         self.model = model
@@ -134,16 +142,28 @@ class DimooPolicy:
                 f"have; it trains {', '.join(TRAINABLE)} (the transformer, its embeddings and "
                 "head); the VQ image tokenizer stays frozen"
             )
-        if self.model_config.lora is not None:
-            raise UnsupportedSettingError(
-                "model.lora is not supported by the dimoo backend yet; remove model.lora "
-                "(full fine-tuning of the transformer) or use model.backend: janus"
-            )
         model.vq.model.requires_grad_(False)
-        model.backbone.requires_grad_(True)
+        self.peft = peft_model
+        if self.model_config.lora is not None and self.peft is None:
+            self.peft = self._fresh_adapters()
+        if self.peft is None:
+            model.backbone.requires_grad_(True)
         if self.model_config.gradient_checkpointing:
             model.backbone.gradient_checkpointing_enable({"use_reentrant": False})
         model.backbone.eval()
+
+    def _fresh_adapters(self) -> Any:
+        from pairuni.policy.lora import apply_lora
+
+        lora = self.model_config.lora
+        assert lora is not None
+        other = [m for m in lora.modules if m not in TRAINABLE]
+        if other:
+            raise UnsupportedSettingError(
+                f"model.lora.modules lists {', '.join(other)}, which the dimoo backend does "
+                "not have; it puts adapters on language_model (the transformer) only"
+            )
+        return apply_lora(self.model.backbone, lora, TRAINABLE, LORA_PREFIXES, self.model.source)
 
     # ------------------------------------------------------------------ loading and saving
 
@@ -160,24 +180,57 @@ class DimooPolicy:
         from pairuni.policy.config import ModelConfig
         from pairuni.policy.dimoo.model import load_dimoo
         from pairuni.policy.janus import resolve_device, resolve_dtype
+        from pairuni.policy.lora import adapter_base, is_adapter_dir, load_adapter
 
         model_config = model_config or ModelConfig()
+        if not for_training and model_config.lora is not None:
+            model_config = model_config.model_copy(update={"lora": None})
         path = path if path is not None else model_config.path
         if path is None:
             raise ValueError("no checkpoint given: pass a directory (model.path)")
+        adapter = is_adapter_dir(path)
+        base = adapter_base(path) if adapter else Path(path)
+        if adapter and not base.is_dir():
+            from pairuni.policy.lora import ADAPTER_CONFIG, LoraError
+
+            raise LoraError(
+                f"{path} is a LoRA adapter whose base model {base} (base_model_name_or_path in "
+                f"{Path(path) / ADAPTER_CONFIG}) does not exist; put the base checkpoint there "
+                "or edit that path"
+            )
         model = load_dimoo(
-            path,
+            base,
             dtype=resolve_dtype(model_config.dtype),
             device=resolve_device(model_config.device),
         )
-        del for_training  # no adapters yet: training and inference load the same weights
-        return cls(model, model_config, rollout_config)
+        peft_model = None
+        if adapter:  # trainable when training (model.lora set), frozen for inference
+            trainable = model_config.lora is not None
+            peft_model = load_adapter(model.backbone, path, trainable=trainable)
+            model.backbone.eval()
+        return cls(model, model_config, rollout_config, peft_model)
 
     def save(self, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """Write the released layout (`load_dimoo` and DiMOO's own code read it back)."""
+        """Write the released layout (`load_dimoo` and DiMOO's own code read it back); with
+        LoRA, the adapters only (peft's files, naming the base folder): `pairuni merge-lora`
+        writes the released layout from them."""
+        if self.peft is not None:
+            from pairuni.policy.lora import save_adapter
+
+            save_adapter(self.peft, Path(out_dir), state_dict)
+            return
         if state_dict is not None:
             self.model.backbone.load_state_dict(state_dict)
         self.model.save(out_dir)
+
+    def merged(self) -> DimooPolicy:
+        """The policy with its adapters merged into plain weights (consumes them), which `save`
+        writes in the released layout; without adapters, the policy itself."""
+        if self.peft is None:
+            return self
+        self.model.backbone = self.peft.merge_and_unload()
+        config = self.model_config.model_copy(update={"lora": None})
+        return DimooPolicy(self.model, config, self.rollout_config)
 
     # ------------------------------------------------------------------ protocol members
 
@@ -205,8 +258,10 @@ class DimooPolicy:
         self.model.backbone.eval()
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """`language_model` (the transformer, trained in full), or with LoRA `lora` (its
+        adapters)."""
         params = [p for p in self.model.backbone.parameters() if p.requires_grad]
-        return {"language_model": params}
+        return {"lora" if self.peft is not None else "language_model": params}
 
     def cast_trainable(self, dtype: torch.dtype) -> int:
         """Hold the trainable parameters in `dtype` (the trainer's master weights), in place."""
@@ -665,8 +720,13 @@ class DimooPolicy:
         del task
         return self.settings.logprob == "trajectory" and self.settings.trajectory_shrink == 1
 
-    def reference(self, dtype: str | None = None) -> DimooPolicy:
-        """pi_ref for the KL term: a frozen copy of the initial checkpoint `model.path`."""
+    def reference(self, dtype: str | None = None) -> DimooPolicy | AdaptersDisabled:
+        """pi_ref for the KL term: with LoRA the same weights with the adapters disabled (no
+        second copy); otherwise a frozen copy of the initial checkpoint `model.path`."""
+        if self.peft is not None:
+            from pairuni.policy.lora import AdaptersDisabled
+
+            return AdaptersDisabled(self)
         config = self.model_config.model_copy(update={"dtype": dtype or self.model_config.dtype})
         ref = DimooPolicy.load(config.path, config, self.rollout_config)
         ref.model.backbone.requires_grad_(False)
