@@ -724,3 +724,45 @@ def test_vlmevalkit_protocol_asks_mmmu_dev_and_validation_with_its_prompt(tmp_pa
     metrics = outcome.results["benchmarks"]["mmmu"]["metrics"]
     # "B": right on dev, wrong on validation; the MMMU column is the validation accuracy
     assert metrics["split/dev/acc"] == 1.0 and metrics["acc"] == 0.0
+
+
+def test_pairuni_eval_runs_the_tiny_dimoo_checkpoint_from_the_command_line(
+    data_root: Path, tmp_path: Path
+) -> None:
+    """`pairuni eval --model DIMOO_DIR`: the checkpoint is checked by its own backend (it used
+    to be refused as 'not Janus') and the understanding and GenEval benchmarks run through
+    the same runner as Janus's."""
+    from typer.testing import CliRunner
+
+    from pairuni.cli import app
+    from pairuni.policy.dimoo.tiny import write_tiny_dimoo
+
+    checkpoint = write_tiny_dimoo(tmp_path / "tiny-dimoo")
+    settings = {
+        "eval.data_root": data_root,
+        "eval.detector": "shapes",
+        "eval.und_batch_size": 2,
+        "eval.gen_batch_size": 2,
+        "eval.geneval_images_per_prompt": 1,
+        "eval.rollout.max_new_tokens": 4,
+        "eval.rollout.dimoo.image_size": 32,
+        "eval.rollout.dimoo.image_steps": 2,
+        "eval.rollout.dimoo.text_steps": 2,
+        "model.device": "cpu",
+    }
+    sets = [part for key, value in settings.items() for part in ("--set", f"{key}={value}")]
+    out = tmp_path / "run"
+    args = ["eval", "--model", str(checkpoint), "--benchmarks", BENCHMARKS, "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, *sets])
+    assert result.exit_code == 0, result.output
+    scored = json.loads((out / "results.json").read_text())["benchmarks"]
+    assert set(scored) == set(BENCHMARKS.split(","))
+    for name in scored:
+        assert (out / name / "predictions.jsonl").read_text().strip()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "llada"}))
+    again = ["eval", "--model", str(broken), "--benchmarks", "mmstar", "--out", str(broken)]
+    refused = CliRunner().invoke(app, [*again, *sets])
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    assert "config.json" in refused.output, refused.output

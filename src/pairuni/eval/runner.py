@@ -96,7 +96,7 @@ def run_eval(
     judges = build_judges(loaded, cfg, device_name(model_config), detector, judge)
     lazy = LazyPolicy(policy_factory(policy, path_text, model_config, cfg))
     if not rescore:
-        start_run(paths, settings, path_text, policy is not None)
+        start_run(paths, settings, path_text, policy is not None, model_config.backend)
         check_policy(loaded, paths, lazy)
     budget = BatchBudget(max_batches)
     results = read_results(paths, settings)
@@ -143,15 +143,20 @@ def present_benchmarks(paths: RunPaths) -> list[str]:
 
 
 def start_run(
-    paths: RunPaths, settings: dict[str, Any], model_path: str | None, injected: bool
+    paths: RunPaths,
+    settings: dict[str, Any],
+    model_path: str | None,
+    injected: bool,
+    backend: str = "auto",
 ) -> None:
-    """Check the checkpoint and the settings of an existing run, then write run.json."""
+    """Check the checkpoint (with its backend's checker) and the settings of an existing run,
+    then write run.json."""
     if not injected:
         if model_path is None:
             raise EvalSetupError("no checkpoint given: pass --model DIR (or set model.path)")
-        from pairuni.policy.janus import check_checkpoint_dir
+        from pairuni.policy.registry import check_checkpoint
 
-        check_checkpoint_dir(model_path)
+        check_checkpoint(backend, model_path)
     if paths.manifest.is_file():
         saved = read_json_file(paths.manifest, "run.json")
         check_same_settings(saved, settings, paths.manifest)

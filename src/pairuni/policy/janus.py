@@ -131,7 +131,7 @@ def _check_model_type(root: Path) -> None:
     if model_type == "llada":
         raise CheckpointError(
             f"{config} says model_type='llada': a Lumina-DiMOO checkpoint, not Janus; load it "
-            "with the DiMOO backend (pairuni.policy.dimoo.model.load_dimoo)"
+            "with the DiMOO backend (model.backend: dimoo, or auto to follow config.json)"
         )
     if model_type is not None and model_type != "janus":
         raise CheckpointError(

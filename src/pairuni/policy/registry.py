@@ -78,6 +78,20 @@ def load_policy(
     return cls.load(path, model_config, rollout_config, for_training=for_training)
 
 
+CHECKERS = {
+    "janus": "pairuni.policy.janus:check_checkpoint_dir",
+    "dimoo": "pairuni.policy.dimoo.model:check_checkpoint_dir",
+}
+"""backend name -> "module:function(path)" that checks a checkpoint folder without loading its
+weights (raising one of `LOAD_ERRORS` that names the file and the fix)."""
+
+
+def check_checkpoint(backend: str, path: str | Path) -> None:
+    """Check the checkpoint `path` with its backend's checker (`backend` may be `auto`), so that
+    a long command fails before it starts rather than after."""
+    import_object(CHECKERS[resolve_backend(backend, path)])(path)
+
+
 TINY_WRITERS = {
     "janus": "pairuni.policy.tiny:build_tiny_janus",
     "dimoo": "pairuni.policy.dimoo.tiny:write_tiny_dimoo",

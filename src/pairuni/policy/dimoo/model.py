@@ -890,6 +890,33 @@ def build_backbone(
     return model
 
 
+def check_checkpoint_dir(path: str | Path) -> Path:
+    """The checks of `load_dimoo` that read no weights (config.json, the weight names and
+    shapes from the safetensors headers, the tokenizer file, `vqvae/`), for commands that
+    check a checkpoint before a long run; a LoRA adapter folder is checked through its base."""
+    from pairuni.policy.lora import adapter_base, is_adapter_dir
+
+    root = Path(path)
+    if is_adapter_dir(root):
+        check_checkpoint_dir(adapter_base(root))
+        return root
+    if not root.is_dir():
+        raise DimooCheckpointError(f"checkpoint directory {root} does not exist")
+    arch = DimooArch.from_config(_read_config(root), root / CONFIG_NAME)
+    check_weights(root, arch, weight_files(root))
+    if not (root / TOKENIZER_FILE).is_file():
+        raise DimooCheckpointError(
+            f"{root} has no {TOKENIZER_FILE} (the fast tokenizer); download it with the rest of "
+            "Alpha-VLLM/Lumina-DiMOO"
+        )
+    if not (root / VQ_FOLDER / CONFIG_NAME).is_file():
+        raise DimooCheckpointError(
+            f"{root} has no {VQ_FOLDER}/{CONFIG_NAME} (the image tokenizer); download {VQ_FOLDER}/ "
+            "with the rest of Alpha-VLLM/Lumina-DiMOO"
+        )
+    return root
+
+
 def load_dimoo(
     path: str | Path,
     *,
@@ -954,6 +981,7 @@ __all__ = [
     "DimooVQ",
     "attention_bias",
     "backend_of",
+    "check_checkpoint_dir",
     "llama_to_released",
     "load_dimoo",
     "preprocess_image",
