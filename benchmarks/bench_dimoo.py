@@ -143,10 +143,15 @@ def main() -> None:
         report["speedup_images"] = best["img_loop"] / best["img_batched"]
         report["speedup_text"] = best["txt_loop"] / best["txt_batched"]
         report["trajectory_over_rollout"] = best["trajectory"] / best["img_batched"]
-        report["load_avg_after"] = os.getloadavg()[0]
+    emit(report, args.out)
+
+
+def emit(report: dict, out: str | None) -> None:
+    """Print the report (with the load average at the end) and write it to `out` if given."""
+    report["load_avg_after"] = os.getloadavg()[0]
     print(json.dumps(report, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ def peak_bytes(gpu: bool) -> int:
 
 def child(args: argparse.Namespace) -> None:
     """One mode: load, roll out (no gradient), then the loss backward; writes its figures."""
-    sys.path.insert(0, str(Path(__file__).parent))
     from bench_dimoo import build
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -90,6 +89,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.gpu and args.image_size == 256:
         args.image_size = 512
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_dimoo import emit
+
     if args.mode:
         child(args)
         return
@@ -104,10 +106,7 @@ def main() -> None:
         report["max_abs_grad_difference_over_max_grad"] = difference
     rises = {m: r["peak_rise_bytes"] for m, r in report["modes"].items()}
     report["peak_rise_whole_over_per_group"] = rises["whole"] / max(rises["per_group"], 1)
-    report["load_avg_after"] = os.getloadavg()[0]
-    print(json.dumps(report, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":
