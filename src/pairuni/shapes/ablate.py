@@ -577,7 +577,7 @@ def _check_recipe(
 ) -> None:
     """Finished runs are only comparable under one recipe: refuse to mix two in one folder."""
     recipe = {
-        "demo_settings": asdict(demo_settings),
+        "demo_settings": demo_settings.recipe(),
         "common_overrides": list(COMMON_OVERRIDES),
         "overrides": list(overrides),
     }

@@ -26,6 +26,10 @@ from typing import Any
 STATE_FILE = "demo-state.json"
 EVAL_SEED = 4242
 """Seed of the held-out evaluation records: differs from the RL data (0) and SFT data (1009)."""
+VALIDATION_SEED = 5353
+"""Seed of the validation records (`eval_split: validation`): what a recipe is chosen on, so
+that the test split (EVAL_SEED) stays unseen by the choice."""
+SPLIT_SEEDS = {"test": EVAL_SEED, "validation": VALIDATION_SEED}
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,25 @@ class DemoSettings:
     n_eval_gen: int = 300
     max_steps: int | None = None
     quick: bool = False
+    eval_split: str = "test"
+    """`test` (the held-out records every reported score uses) or `validation` (other records
+    of the same size, for choosing a recipe: `pairuni shapes sweep`)."""
+
+    def __post_init__(self) -> None:
+        if self.eval_split not in SPLIT_SEEDS:
+            raise ValueError(f"eval_split must be one of {', '.join(SPLIT_SEEDS)}")
+
+    @property
+    def eval_seed(self) -> int:
+        return SPLIT_SEEDS[self.eval_split]
+
+    def recipe(self) -> dict[str, Any]:
+        """The settings as recorded with an ablation's runs; `eval_split` only when it is not
+        the default, so folders written before it existed stay comparable."""
+        fields = asdict(self)
+        if fields["eval_split"] == "test":
+            del fields["eval_split"]
+        return fields
 
     @classmethod
     def quick_run(cls) -> DemoSettings:
@@ -226,9 +249,10 @@ def heldout(settings: DemoSettings) -> tuple[list[dict], list[Any], list[dict]]:
     from pairuni.shapes.render import render_scene
     from pairuni.shapes.scene import Scene
 
-    und = [understanding_record(i, EVAL_SEED) for i in range(settings.n_eval_und)]
+    seed = settings.eval_seed
+    und = [understanding_record(i, seed) for i in range(settings.n_eval_und)]
     images = [render_scene(Scene.from_dict(r["scene"]), 32) for r in und]
-    gen = [generation_record(i, EVAL_SEED) for i in range(settings.n_eval_gen)]
+    gen = [generation_record(i, seed) for i in range(settings.n_eval_gen)]
     return und, images, gen
 
 
@@ -252,8 +276,9 @@ def evaluate_model(model_path: str, cfg: Any, settings: DemoSettings) -> dict[st
 
     policy = _load_policy(model_path, cfg)
     und, images, gen = heldout(settings)
+    seed = settings.eval_seed
     sampled = [
-        evaluate_understanding(policy, und, images, greedy=False, seed=EVAL_SEED + draw)
+        evaluate_understanding(policy, und, images, greedy=False, seed=seed + draw)
         for draw in range(SAMPLED_EVAL_SEEDS)
     ]
     accuracies = [s["accuracy"] for s in sampled]
@@ -261,14 +286,14 @@ def evaluate_model(model_path: str, cfg: Any, settings: DemoSettings) -> dict[st
         sum(column) / len(column) for column in zip(*(s["items"] for s in sampled), strict=True)
     ]
     return {
-        "understanding": evaluate_understanding(policy, und, images, greedy=True, seed=EVAL_SEED),
+        "understanding": evaluate_understanding(policy, und, images, greedy=True, seed=seed),
         "understanding_sampled": {
             "accuracy": sum(accuracies) / len(accuracies),
             "per_draw": accuracies,
             "items": per_item,  # each question's accuracy over the draws
             "temperature": cfg.rollout.text_temperature,
         },
-        "generation": evaluate_generation(policy, gen, seed=EVAL_SEED),
+        "generation": evaluate_generation(policy, gen, seed=seed),
     }
 
 
@@ -308,7 +333,3 @@ def sample_prompts(settings: DemoSettings) -> list[str]:
     for record in heldout(settings)[2]:
         by_category.setdefault(record["category"], record["prompt"])
     return list(by_category.values())
-
-
-def settings_dict(settings: DemoSettings) -> dict[str, Any]:
-    return asdict(settings)
