@@ -80,3 +80,39 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     before = (out / "demo-state.json").read_text()
     run_demo(out, DemoSettings.quick_run(), cache_dir=tmp_path / "cache", echo=lambda _: None)
     assert (out / "demo-state.json").read_text() == before
+
+
+def test_the_report_compares_each_change_with_the_seed_spread() -> None:
+    from pairuni.shapes.report import moving_average, spread_from_results, verdict
+
+    assert moving_average([0.0, 1.0, 2.0, 3.0], window=2) == [0.0, 0.5, 1.5, 2.5]
+    assert verdict(0.05, 0.02) == "beyond 2 std of seeds"
+    assert verdict(-0.03, 0.02) == "within the seed spread"  # 1.5 std: another seed's draw
+    assert verdict(0.05, None) == ""
+    summary = {
+        "mc_accuracy": {"mean": 0.4, "std": 0.01, "n": 10},
+        "mc_accuracy_sampled": None,
+        "geneval_overall": {"mean": 0.1, "std": 0.03, "n": 10},
+    }
+    results = {"summary": {"pairgrpo_sqrt": summary}, "seeds": list(range(10)), "command": "x"}
+    spread = spread_from_results(results)
+    assert spread == {
+        "setting": "pairgrpo_sqrt",
+        "seeds": 10,
+        "command": "x",
+        "std": {"mc_accuracy": 0.01, "geneval_overall": 0.03},
+    }
+
+
+def test_the_report_page_says_what_the_spread_allows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pairuni.shapes import report
+
+    rows = [("MC accuracy (greedy)", 0.40, 0.45), ("GenEval-style overall", 0.10, 0.11)]
+    results = {"pairs": {"aligned": 3, "retrieved": 4}, "steps": 40, "seconds": {"train": 1.0}}
+    spread = {"setting": "pairgrpo_sqrt", "seeds": 10, "std": {"mc_accuracy": 0.01}}
+    monkeypatch.setattr(report, "seed_spread", lambda: spread)
+    page = report._html(rows, results, "cfg")
+    assert "<td>0.010</td><td>beyond 2 std of seeds</td>" in page
+    assert "over 10 seeds" in page and "another seed" in page
+    monkeypatch.setattr(report, "seed_spread", lambda: None)
+    assert "cannot say which changes exceed" in report._html(rows, results, "cfg")
