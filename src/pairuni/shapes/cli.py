@@ -9,6 +9,32 @@ import typer
 
 from pairuni.cliutils import SetOption, fail
 
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(help="torch CPU threads (default: torch's). 1 is faster on a busy machine."),
+]
+StepsOption = Annotated[
+    int | None, typer.Option(help="PairGRPO steps per run (default: demo.yaml's 40).")
+]
+QuickRunOption = Annotated[
+    bool, typer.Option("--quick", help="Toy sizes and 2 steps per run (tests, CI).")
+]
+CacheDirOption = Annotated[
+    Path, typer.Option(help="Cache of the base model, pixel features and oracle completions.")
+]
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's CPU threads from --threads (None: torch's default)."""
+    if threads is None:
+        return
+    if threads < 1:
+        fail(f"--threads {threads} must be at least 1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 shapes_app = typer.Typer(
     help="ShapesWorld: a synthetic world of coloured shapes with exact rewards (docs/shapes.md).",
     no_args_is_help=True,
@@ -124,23 +150,16 @@ def shapes_pretrain(
     force: Annotated[
         bool, typer.Option("--force", help="Rebuild even if OUT holds a model of these settings.")
     ] = False,
-    threads: Annotated[
-        int | None,
-        typer.Option(help="torch CPU threads (default: torch's). 1 is faster on a busy machine."),
-    ] = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Build the ShapesWorld base model: VQ tokenizer + SFT on both tasks, then evaluate it.
 
     The result is cached: a second call with the same settings returns at once.
     """
-    import torch
 
     from pairuni.shapes.pretrain import PretrainConfig, pretrain
 
-    if threads is not None:
-        if threads < 1:
-            fail(f"--threads {threads} must be at least 1")
-        torch.set_num_threads(threads)
+    set_threads(threads)
     config = PretrainConfig.quick(seed=seed) if quick else PretrainConfig(seed=seed)
     try:
         report = pretrain(out, config, force=force)
@@ -200,23 +219,13 @@ def shapes_ablate(
         str | None,
         typer.Option(help="Comma-separated settings to run (default: all six, listed above)."),
     ] = None,
-    steps: Annotated[
-        int | None, typer.Option(help="PairGRPO steps per run (default: demo.yaml's 40).")
-    ] = None,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="Toy sizes and 2 steps per run (tests, CI).")
-    ] = False,
+    steps: StepsOption = None,
+    quick: QuickRunOption = False,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Delete OUT first instead of resuming what is there.")
     ] = False,
-    cache_dir: Annotated[
-        Path,
-        typer.Option(help="Cache of the base model, pixel features and oracle completions."),
-    ] = Path(".cache/pairuni"),
-    threads: Annotated[
-        int | None,
-        typer.Option(help="torch CPU threads (default: torch's). 1 is faster on a busy machine."),
-    ] = None,
+    cache_dir: CacheDirOption = Path(".cache/pairuni"),
+    threads: ThreadsOption = None,
     reevaluate: Annotated[
         bool,
         typer.Option(
@@ -256,12 +265,7 @@ def shapes_ablate(
         fail(f"--seeds {seeds} must be at least 1")
     if steps is not None and steps < 1:
         fail(f"--steps {steps} must be at least 1")
-    if threads is not None:
-        if threads < 1:
-            fail(f"--threads {threads} must be at least 1")
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads)
     if fresh and out.exists():
         shutil.rmtree(out)
     demo_settings = with_steps(DemoSettings.quick_run() if quick else DemoSettings(), steps)
@@ -335,20 +339,10 @@ def shapes_sweep(
         str, typer.Option("--beta", help="Comma-separated KL coefficients (algo.beta).")
     ] = "0,0.04",
     seeds: Annotated[int, typer.Option(help="Seeds per setting and grid point.")] = 3,
-    steps: Annotated[
-        int | None, typer.Option(help="PairGRPO steps per run (default: demo.yaml's 40).")
-    ] = None,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="Toy sizes and 2 steps per run (tests, CI).")
-    ] = False,
-    cache_dir: Annotated[
-        Path,
-        typer.Option(help="Cache of the base model, pixel features and oracle completions."),
-    ] = Path(".cache/pairuni"),
-    threads: Annotated[
-        int | None,
-        typer.Option(help="torch CPU threads (default: torch's). 1 is faster on a busy machine."),
-    ] = None,
+    steps: StepsOption = None,
+    quick: QuickRunOption = False,
+    cache_dir: CacheDirOption = Path(".cache/pairuni"),
+    threads: ThreadsOption = None,
     set_: SetOption = None,
 ) -> None:
     """The recipe sweep; its --help text is SWEEP_HELP."""
@@ -362,12 +356,7 @@ def shapes_sweep(
 
     if seeds < 1:
         fail(f"--seeds {seeds} must be at least 1")
-    if threads is not None:
-        if threads < 1:
-            fail(f"--threads {threads} must be at least 1")
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads)
     demo_settings = with_steps(DemoSettings.quick_run() if quick else DemoSettings(), steps)
     try:
         sweep = run_sweep(
