@@ -71,20 +71,13 @@ class PromptTooLongError(ValueError):
 def check_checkpoint_dir(path: str | Path) -> Path:
     """Fail with the list of missing files unless `path` looks like an HF Janus checkpoint (or a
     LoRA adapter folder whose base model does)."""
-    from pairuni.policy.lora import adapter_base, is_adapter_dir
+    from pairuni.policy.lora import existing_adapter_base, is_adapter_dir
 
     root = Path(path)
     if not root.is_dir():
         raise CheckpointError(f"checkpoint directory {root} does not exist")
     if is_adapter_dir(root):
-        base = adapter_base(root)
-        if not base.is_dir():
-            raise CheckpointError(
-                f"{root} is a LoRA adapter whose base model {base} (base_model_name_or_path in "
-                f"{root / 'adapter_config.json'}) does not exist; put the base checkpoint there "
-                "or edit that path"
-            )
-        check_checkpoint_dir(base)
+        check_checkpoint_dir(existing_adapter_base(root, CheckpointError))
         return root
     _check_model_type(root)
     missing = []

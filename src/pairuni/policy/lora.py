@@ -50,6 +50,19 @@ def adapter_base(path: str | Path) -> Path:
     return Path(base)
 
 
+def existing_adapter_base(path: str | Path, error: type[Exception] = LoraError) -> Path:
+    """`adapter_base(path)` when that folder exists; otherwise `error` naming the adapter
+    config that points at it and the fix (each backend raises its own checkpoint error)."""
+    base = adapter_base(path)
+    if not base.is_dir():
+        raise error(
+            f"{path} is a LoRA adapter whose base model {base} (base_model_name_or_path in "
+            f"{Path(path) / ADAPTER_CONFIG}) does not exist; put the base checkpoint there "
+            "or edit that path"
+        )
+    return base
+
+
 def target_pattern(
     model: torch.nn.Module, lora: LoraConfig, prefixes: dict[str, Sequence[str]]
 ) -> str:

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pairuni.shapes.ablate import AblationError, Stat, run_ablation
+from pairuni.shapes.ablate import AblationError, Stat, _atomic_write, run_ablation
 from pairuni.shapes.demo import DemoSettings
 
 SWEEP_SETTINGS = ("understanding_only", "generation_only")
@@ -116,8 +116,8 @@ def run_sweep(
         "chosen": choose(points)["name"],
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n", encoding="utf-8")
-    (out / "sweep.md").write_text(render_sweep(sweep), encoding="utf-8")
+    _atomic_write(out / "sweep.json", json.dumps(sweep, indent=2) + "\n")
+    _atomic_write(out / "sweep.md", render_sweep(sweep))
     return sweep
 
 

@@ -570,14 +570,19 @@ class DimooVQ:
         return [Image.fromarray(row, mode="RGB") for row in data]
 
 
-def load_vq(folder: Path, device: torch.device | str = "cpu") -> DimooVQ:
-    """The `VQModel` of `folder` (float32; the release asks for `force_upcast`)."""
-    config = folder / "config.json"
-    if not folder.is_dir() or not config.is_file():
+def check_vq_folder(folder: Path) -> None:
+    """The image tokenizer folder and its config.json exist."""
+    if not folder.is_dir() or not (folder / "config.json").is_file():
         raise DimooCheckpointError(
             f"{folder}: the image tokenizer folder (a diffusers VQModel with config.json) is "
             "missing; download the vqvae/ subfolder of Alpha-VLLM/Lumina-DiMOO into it"
         )
+
+
+def load_vq(folder: Path, device: torch.device | str = "cpu") -> DimooVQ:
+    """The `VQModel` of `folder` (float32; the release asks for `force_upcast`)."""
+    check_vq_folder(folder)
+    config = folder / "config.json"
     try:
         from diffusers import VQModel
     except ImportError as err:  # pragma: no cover - diffusers is a dependency
@@ -833,12 +838,16 @@ def load_tokenizer(root: Path) -> PreTrainedTokenizerBase:
     """The fast tokenizer of `root` (tokenizer.json; no remote tokenizer class is imported)."""
     from transformers import PreTrainedTokenizerFast
 
+    check_tokenizer_file(root)
+    return PreTrainedTokenizerFast.from_pretrained(str(root))
+
+
+def check_tokenizer_file(root: Path) -> None:
     if not (root / TOKENIZER_FILE).is_file():
         raise DimooCheckpointError(
             f"{root} has no {TOKENIZER_FILE} (the fast tokenizer); download it with the rest of "
             "Alpha-VLLM/Lumina-DiMOO"
         )
-    return PreTrainedTokenizerFast.from_pretrained(str(root))
 
 
 def check_ids(ids: DimooIds, arch: DimooArch, vq: DimooVQ, root: Path) -> None:
@@ -894,26 +903,18 @@ def check_checkpoint_dir(path: str | Path) -> Path:
     """The checks of `load_dimoo` that read no weights (config.json, the weight names and
     shapes from the safetensors headers, the tokenizer file, `vqvae/`), for commands that
     check a checkpoint before a long run; a LoRA adapter folder is checked through its base."""
-    from pairuni.policy.lora import adapter_base, is_adapter_dir
+    from pairuni.policy.lora import existing_adapter_base, is_adapter_dir
 
     root = Path(path)
     if is_adapter_dir(root):
-        check_checkpoint_dir(adapter_base(root))
+        check_checkpoint_dir(existing_adapter_base(root, DimooCheckpointError))
         return root
     if not root.is_dir():
         raise DimooCheckpointError(f"checkpoint directory {root} does not exist")
     arch = DimooArch.from_config(_read_config(root), root / CONFIG_NAME)
     check_weights(root, arch, weight_files(root))
-    if not (root / TOKENIZER_FILE).is_file():
-        raise DimooCheckpointError(
-            f"{root} has no {TOKENIZER_FILE} (the fast tokenizer); download it with the rest of "
-            "Alpha-VLLM/Lumina-DiMOO"
-        )
-    if not (root / VQ_FOLDER / CONFIG_NAME).is_file():
-        raise DimooCheckpointError(
-            f"{root} has no {VQ_FOLDER}/{CONFIG_NAME} (the image tokenizer); download {VQ_FOLDER}/ "
-            "with the rest of Alpha-VLLM/Lumina-DiMOO"
-        )
+    check_tokenizer_file(root)
+    check_vq_folder(root / VQ_FOLDER)
     return root
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,7 +179,7 @@ class DimooPolicy:
         from pairuni.policy.config import ModelConfig
         from pairuni.policy.dimoo.model import load_dimoo
         from pairuni.policy.janus import resolve_device, resolve_dtype
-        from pairuni.policy.lora import adapter_base, is_adapter_dir, load_adapter
+        from pairuni.policy.lora import existing_adapter_base, is_adapter_dir, load_adapter
 
         model_config = model_config or ModelConfig()
         if not for_training and model_config.lora is not None:
@@ -189,15 +188,7 @@ class DimooPolicy:
         if path is None:
             raise ValueError("no checkpoint given: pass a directory (model.path)")
         adapter = is_adapter_dir(path)
-        base = adapter_base(path) if adapter else Path(path)
-        if adapter and not base.is_dir():
-            from pairuni.policy.lora import ADAPTER_CONFIG, LoraError
-
-            raise LoraError(
-                f"{path} is a LoRA adapter whose base model {base} (base_model_name_or_path in "
-                f"{Path(path) / ADAPTER_CONFIG}) does not exist; put the base checkpoint there "
-                "or edit that path"
-            )
+        base = existing_adapter_base(path) if adapter else Path(path)
         model = load_dimoo(
             base,
             dtype=resolve_dtype(model_config.dtype),
@@ -652,29 +643,33 @@ class DimooPolicy:
         record = self._sampler_record(layout, rollout, tokens, "image")
         return record, torch.ones_like(rollout.image_ids)
 
-    def logprob_stages(self, task: Task, rollout: Any) -> int:
-        """`trajectory` with `rollout.dimoo.trajectory_backward_groups` set: the groups of the
-        replay, that many per backward (docs/dimoo.md, "Memory"); otherwise 1."""
+    def _backward_stages(self, task: Task) -> list[range]:
+        """The replay groups of each backward stage of `task`: `trajectory_backward_groups`
+        consecutive groups per stage (docs/dimoo.md, "Memory"); one stage of every group
+        when it is null or the estimator is not `trajectory`."""
         from pairuni.policy.dimoo.logprobs import num_groups
 
+        steps = (self.text_sampling() if task == "understanding" else self.image_sampling()).steps
+        total = num_groups(steps, self.settings.trajectory_shrink)
         per_backward = self.settings.trajectory_backward_groups
         if self.settings.logprob != "trajectory" or per_backward is None:
-            return 1
-        steps = (self.text_sampling() if task == "understanding" else self.image_sampling()).steps
-        return math.ceil(num_groups(steps, self.settings.trajectory_shrink) / per_backward)
+            return [range(total)]
+        return [range(g, min(g + per_backward, total)) for g in range(0, total, per_backward)]
+
+    def logprob_stages(self, task: Task, rollout: Any) -> int:
+        """How many backward stages the loss of `task`'s records is split into."""
+        return len(self._backward_stages(task))
 
     def stage_logprobs(
         self, task: Task, rollout: Any, stage: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The trajectory groups of backward stage `stage`: their tokens' log-probs with
         gradient (0 elsewhere) and the mask of those tokens."""
-        from pairuni.policy.dimoo.logprobs import num_groups, trajectory
+        from pairuni.policy.dimoo.logprobs import trajectory
 
         record, mask = self._scored_record(task, rollout)
+        groups = self._backward_stages(task)[stage]
         shrink = self.settings.trajectory_shrink
-        total = num_groups(record.settings.steps, shrink)
-        per_backward = self.settings.trajectory_backward_groups or total
-        groups = range(stage * per_backward, min((stage + 1) * per_backward, total))
         out = trajectory(self._logits, record, shrink=shrink, groups=groups)
         return out.logprobs * mask, out.mask.bool() & mask.bool()
 
