@@ -726,18 +726,8 @@ def test_vlmevalkit_protocol_asks_mmmu_dev_and_validation_with_its_prompt(tmp_pa
     assert metrics["split/dev/acc"] == 1.0 and metrics["acc"] == 0.0
 
 
-def test_pairuni_eval_runs_the_tiny_dimoo_checkpoint_from_the_command_line(
-    data_root: Path, tmp_path: Path
-) -> None:
-    """`pairuni eval --model DIMOO_DIR`: the checkpoint is checked by its own backend (it used
-    to be refused as 'not Janus') and the understanding and GenEval benchmarks run through
-    the same runner as Janus's."""
-    from typer.testing import CliRunner
-
-    from pairuni.cli import app
-    from pairuni.policy.dimoo.tiny import write_tiny_dimoo
-
-    checkpoint = write_tiny_dimoo(tmp_path / "tiny-dimoo")
+def dimoo_cli_settings(data_root: Path) -> list[str]:
+    """`--set` arguments that keep the tiny DiMOO's generation short."""
     settings = {
         "eval.data_root": data_root,
         "eval.detector": "shapes",
@@ -750,7 +740,22 @@ def test_pairuni_eval_runs_the_tiny_dimoo_checkpoint_from_the_command_line(
         "eval.rollout.dimoo.text_steps": 2,
         "model.device": "cpu",
     }
-    sets = [part for key, value in settings.items() for part in ("--set", f"{key}={value}")]
+    return [part for key, value in settings.items() for part in ("--set", f"{key}={value}")]
+
+
+def test_pairuni_eval_runs_the_tiny_dimoo_checkpoint_from_the_command_line(
+    data_root: Path, tmp_path: Path
+) -> None:
+    """`pairuni eval --model DIMOO_DIR`: the checkpoint is checked by its own backend (it used
+    to be refused as 'not Janus') and the understanding and GenEval benchmarks run through
+    the same runner as Janus's."""
+    from typer.testing import CliRunner
+
+    from pairuni.cli import app
+    from pairuni.policy.dimoo.tiny import write_tiny_dimoo
+
+    checkpoint = write_tiny_dimoo(tmp_path / "tiny-dimoo")
+    sets = dimoo_cli_settings(data_root)
     out = tmp_path / "run"
     args = ["eval", "--model", str(checkpoint), "--benchmarks", BENCHMARKS, "--out", str(out)]
     result = CliRunner().invoke(app, [*args, *sets])
@@ -766,3 +771,59 @@ def test_pairuni_eval_runs_the_tiny_dimoo_checkpoint_from_the_command_line(
     refused = CliRunner().invoke(app, [*again, *sets])
     assert refused.exit_code != 0 and "Traceback" not in refused.output
     assert "config.json" in refused.output, refused.output
+
+
+def test_mmmu_and_wise_run_on_the_tiny_dimoo_from_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The two benchmarks the test above leaves out, on DiMOO from the CLI: MMMU's composed
+    multi-image questions and WISE's images judged by a real loopback OpenAI-compatible server
+    (ImgEdit on DiMOO is tested in test_eval_imgedit.py)."""
+    from typer.testing import CliRunner
+
+    from pairuni.cli import app
+    from pairuni.policy.dimoo.tiny import write_tiny_dimoo
+    from test_eval_wise import SECRET, ScriptedServer
+
+    root = tmp_path / "benchmarks"
+    folder = root / "mmmu" / "Art"
+    folder.mkdir(parents=True)
+    rows = [mmmu_row("validation_Art_1", 2, "B"), mmmu_row("validation_Art_2", 1, "A")]
+    fields = [(k, pa.string()) for k in rows[0] if not k.startswith("image_")]
+    fields += [(f"image_{k}", IMAGE_TYPE) for k in range(1, 8)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(fields)),
+                   folder / "validation-00000-of-00001.parquet")  # fmt: skip
+    items = [
+        {"prompt_id": 1, "Prompt": "a photo of a square", "Explanation": "e", "Subcategory": "s"},
+        {"prompt_id": 950, "Prompt": "two circles", "Explanation": "e", "Subcategory": "s"},
+    ]
+    (root / "wise" / "data").mkdir(parents=True)
+    (root / "wise" / "data" / "natural_science.json").write_text(json.dumps(items))
+    server = ScriptedServer([
+        (200, "Consistency: 2\nRealism: 1\nAesthetic Quality: 0"),
+        (200, "Consistency: 0\nRealism: 2\nAesthetic Quality: 2"),
+    ])  # fmt: skip
+    server.thread.start()
+    monkeypatch.setenv("WISE_TEST_KEY", SECRET)
+    try:
+        checkpoint = write_tiny_dimoo(tmp_path / "tiny-dimoo")
+        judge = [f"eval.judge.base_url={server.base_url}", "eval.judge.model=judge-model",
+                 "eval.judge.api_key_env=WISE_TEST_KEY", "eval.judge.retry_delay_s=0"]  # fmt: skip
+        sets = dimoo_cli_settings(root) + [a for s in judge for a in ("--set", s)]
+        out = tmp_path / "run"
+        args = ["eval", "--model", str(checkpoint), "--benchmarks", "mmmu,wise", "--out", str(out)]
+        result = CliRunner().invoke(app, [*args, *sets])
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+    assert result.exit_code == 0, result.output
+    scored = json.loads((out / "results.json").read_text())["benchmarks"]
+    assert set(scored) == {"mmmu", "wise"}
+    assert len((out / "mmmu" / "predictions.jsonl").read_text().splitlines()) == 2
+    assert len(server.requests) == 2  # one judged image per WISE prompt, as PNG
+    content = server.requests[0]["body"]["messages"][-1]["content"]  # after the system message
+    urls = [part["image_url"]["url"] for part in content if "image_url" in part]
+    assert urls and urls[0].startswith("data:image/png;base64,")
+    wise = scored["wise"]["metrics"]
+    # the server answers in arrival order: each category got one of the two WiScores
+    assert sorted([wise["CULTURE"], wise["CHEMISTRY"]]) == pytest.approx([0.3, 0.8])
