@@ -248,3 +248,28 @@ def test_gradients_flow(model, text_rollout, estimator):
         grad = getattr(model, name).grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
     model.zero_grad()
+
+
+def test_lockstep_replay_runs_every_group_with_the_same_values_and_gradient(model, text_rollout):
+    """Row 0 alone stopped after block 0: its replay has no tokens in groups 2-3. Under
+    `lockstep` (FSDP) those groups still run a forward and join the backward with zero weight,
+    so every process runs the same forwards and backwards; values and gradient are unchanged."""
+    alone = text_rollout.select([0])
+    fn = eos_model(model)
+
+    def replay(rollout, counter):
+        model.zero_grad()
+        logp, mask = trajectory(counter, rollout)
+        (logp * mask).sum().backward()
+        return logp.detach(), mask, model.head.grad.clone()
+
+    plain = Counting(fn)
+    free = replay(alone, plain)
+    assert plain.calls == 2
+    locked = Counting(fn)
+    settings = dataclasses.replace(alone.settings, lockstep=True)
+    same = replay(dataclasses.replace(alone, settings=settings), locked)
+    assert locked.calls == TEXT.steps
+    assert torch.equal(same[0], free[0]) and torch.equal(same[1], free[1])
+    torch.testing.assert_close(same[2], free[2], rtol=0, atol=1e-7)
+    model.zero_grad()

@@ -396,3 +396,20 @@ def test_text_never_samples_the_mask_token_or_image_codes(model, mmu):
     r = sample_text(tempting, mmu.select([0]), TEXT, [1])
     assert ((r.tokens < IDS.image_offset) & (r.tokens != IDS.mask)).all()
     assert torch.isfinite(r.logprobs).all()
+
+
+def test_lockstep_runs_every_scheduled_step_and_samples_the_same(model, mmu):
+    """Under FSDP (`lockstep`) a batch whose rows all stopped still runs each scheduled step's
+    forward (another process may not have stopped: every forward is a collective there), and
+    the samples are those of the plain sampler."""
+    marker = 1000 + ord("?")  # row 0 alone: it stops after block 0 of 2
+    batch = mmu.select([0])
+    plain, locked = Counting(with_eos_bias(model.logits, marker)), None
+    free = sample_text(plain, batch, TEXT, [SEEDS[0]])
+    assert plain.calls == 2  # block 1 skipped
+    locked = Counting(with_eos_bias(model.logits, marker))
+    settings = dataclasses.replace(TEXT, lockstep=True)
+    same = sample_text(locked, batch, settings, [SEEDS[0]])
+    assert locked.calls == TEXT.steps
+    for field in ("tokens", "commit_step", "logprobs", "mask"):
+        assert torch.equal(getattr(same, field), getattr(free, field)), field

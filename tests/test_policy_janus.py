@@ -113,8 +113,7 @@ def test_text_sampling_logprobs_equal_an_uncached_loop_at_any_temperature(
     torch.testing.assert_close(policy.text_logprobs(rollout).detach(), naive, atol=TOL, rtol=0)
 
 
-def test_completion_mask_stops_after_first_eos(tiny_dir: Path) -> None:
-    policy = load(tiny_dir, max_new_tokens=40)
+def rollout_with_likely_eos(policy: JanusPolicy) -> TextRollout:
     eos = policy.ids.eos[0]
     bias = torch.zeros(policy.model.lm_head.out_features)
     bias[eos] = 30.0
@@ -127,9 +126,15 @@ def test_completion_mask_stops_after_first_eos(tiny_dir: Path) -> None:
 
     handle = policy.model.lm_head.register_forward_hook(make_eos_likely)
     try:
-        rollout = policy.rollout_text(images(), QUESTIONS, 4, generator=3)
+        return policy.rollout_text(images(), QUESTIONS, 4, generator=3)
     finally:
         handle.remove()
+
+
+def test_completion_mask_stops_after_first_eos(tiny_dir: Path) -> None:
+    policy = load(tiny_dir, max_new_tokens=40)
+    eos = policy.ids.eos[0]
+    rollout = rollout_with_likely_eos(policy)
     ids, mask = rollout.completion_ids, rollout.completion_mask
     lengths = []
     for row_ids, row_mask, row_lp in zip(ids, mask, rollout.logprobs, strict=True):
@@ -141,6 +146,22 @@ def test_completion_mask_stops_after_first_eos(tiny_dir: Path) -> None:
         assert row_lp[end:].eq(0).all()
     assert len(set(lengths)) > 1, "rows should end at different steps"
     assert ids.shape[1] == max(lengths) < 40, "generation stops when every row has ended"
+
+
+def test_under_collective_forwards_answers_run_to_max_new_tokens_unchanged(tiny_dir: Path) -> None:
+    """Under FSDP every forward is a collective, so no process may stop early (another may
+    still be generating): the same answers, padded to max_new_tokens."""
+    policy = load(tiny_dir, max_new_tokens=40)
+    free = rollout_with_likely_eos(policy)
+    policy.collective_forwards = True
+    locked = rollout_with_likely_eos(policy)
+    length = free.completion_ids.shape[1]
+    assert length < 40 and locked.completion_ids.shape[1] == 40
+    assert torch.equal(locked.completion_ids[:, :length], free.completion_ids)
+    assert torch.equal(locked.completion_mask[:, :length], free.completion_mask)
+    torch.testing.assert_close(locked.logprobs[:, :length], free.logprobs, rtol=0, atol=0)
+    assert not locked.completion_mask[:, length:].any()
+    assert locked.completion_ids[:, length:].eq(policy.ids.pad).all()
 
 
 def test_answers_never_contain_image_marker_tokens(tiny_dir: Path) -> None:

@@ -79,7 +79,6 @@ def test_dimoo_trains_two_steps_and_its_checkpoint_loads_back(checkpoint, tmp_pa
 def test_settings_dimoo_lacks_fail_with_a_message_not_a_traceback(
     checkpoint, tmp_path, override, named
 ):
-    # (train.sharding: fsdp raises the same error, under more than one process only)
     from typer.testing import CliRunner
 
     from pairuni.cli import app

@@ -24,7 +24,7 @@ be its own `RolloutBatch` subclasses; the trainer reads only these fields of the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -291,6 +291,12 @@ class FsdpLayout:
     (e.g. an embedding tied to the output head: one parameter lives in one unit only)."""
     replicated: list[torch.nn.Module]
     """Modules the root leaves unsharded (frozen ones, or ones called outside a forward)."""
+    collective_forwards: Callable[[bool], None] | None = None
+    """Told True once the module is sharded (every forward of a unit is then a collective:
+    all processes must run the same number of forwards and backwards, whatever their data)
+    and False while a rollout holds the weights gathered (`train.fsdp_gather_for_rollout`). A
+    policy whose forward count depends on its data (early stop at end of sequence, a step
+    with nothing to do) runs data-independent counts while it is True."""
 
 
 @runtime_checkable

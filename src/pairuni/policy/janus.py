@@ -380,6 +380,9 @@ class JanusPolicy:
         self.model_config = model_config or ModelConfig()
         self.rollout_config = rollout_config or RolloutConfig()
         self.ids = JanusTokenIds.from_checkpoint(model, processor)
+        self.collective_forwards = False
+        """Set under `train.sharding: fsdp` (`FsdpLayout.collective_forwards`): answers are
+        then sampled to `max_new_tokens` on every process (no early stop)."""
         self._banned_text_ids = self._image_marker_ids()
         self.num_image_tokens = int(model.config.vision_config.num_image_tokens)
         self.max_positions = int(model.config.text_config.max_position_embeddings)
@@ -562,7 +565,10 @@ class JanusPolicy:
                 continue
             module = self.model.get_submodule(paths[0])
             (units if name in trainable else replicated).append(module)
-        return FsdpLayout(units, replicated)
+        return FsdpLayout(units, replicated, collective_forwards=self._set_collective_forwards)
+
+    def _set_collective_forwards(self, collective: bool) -> None:
+        self.collective_forwards = collective
 
     @property
     def vision_dtype(self) -> torch.dtype:
@@ -777,7 +783,8 @@ class JanusPolicy:
             logps.append(logp.masked_fill(finished, 0.0))
             valid.append(~finished)
             finished = finished | torch.isin(tok, eos)
-            if finished.all() or step == max_new - 1:
+            # (under FSDP's collective forwards every process runs the same number of steps)
+            if (finished.all() and not self.collective_forwards) or step == max_new - 1:
                 break
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             out = self.model.model(

@@ -154,7 +154,8 @@ class TrainConfig(Section):
     all-gather per module per call; memory: the full sharded modules, i.e. the trainable part of
     the model, in `model.dtype` on every GPU for the duration of the rollout). `false` re-gathers
     every decoder layer at every generated token (576 times per image): least memory, much more
-    communication."""
+    communication, and answers always run to `rollout.max_new_tokens` (every process must run
+    the same number of forwards)."""
 
     eval_every: int = Field(0, ge=0)
     """Every N steps (and before the first step, and at the last) evaluate the current policy on

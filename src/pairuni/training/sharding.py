@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -104,6 +104,7 @@ class ShardingPlan:
             self.effective = "none"
         self.model: torch.nn.Module | None = None
         self.units: list[Any] = []
+        self.collective_forwards: Callable[[bool], None] = lambda collective: None
 
     @property
     def all_reduces_grads(self) -> bool:
@@ -125,6 +126,8 @@ class ShardingPlan:
             ) from err
         self.model = policy.module
         self.units = shard_module(self.model, layout, self.dist)
+        self.collective_forwards = layout.collective_forwards or (lambda collective: None)
+        self.collective_forwards(True)
 
     @contextlib.contextmanager
     def gathered_for_rollout(self, enabled: bool = True) -> Iterator[None]:
@@ -136,9 +139,12 @@ class ShardingPlan:
             return
         for unit in self.units:
             unit.set_reshard_after_forward(False, recurse=False)
+        # gathered once, the weights make no further collective: early stops are free again
+        self.collective_forwards(False)
         try:
             yield
         finally:
+            self.collective_forwards(True)
             for unit in self.units:
                 unit.reshard()
                 unit.set_reshard_after_forward(True, recurse=False)

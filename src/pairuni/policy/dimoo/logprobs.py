@@ -114,15 +114,27 @@ def trajectory(
         start, end = group * shrink, (group + 1) * shrink
         scored = committed & (rollout.commit_step >= start) & (rollout.commit_step < end)
         rows = scored.any(1).nonzero().squeeze(1)
-        if rows.numel() == 0:
-            continue
         present = committed & (rollout.commit_step < start)
         state = torch.where(present, rollout.tokens, ids.mask)
+        if rows.numel() == 0:
+            if settings.lockstep:  # nothing to score here, maybe something on other processes
+                out = out + _stand_in(logits_fn, layout, state, rollout.tokens, settings)
+            continue
         logp = score_tokens(logits_fn, layout, state, rollout.tokens, settings, rows)
         contribution = torch.where(scored[rows], logp, 0.0)
         out = out + torch.zeros_like(out).index_copy(0, rows, contribution)
         scored_any |= scored
     return _finish(out, rollout.mask.bool() & scored_any)
+
+
+def _stand_in(
+    logits_fn: LogitsFn, layout: Layout, state: torch.Tensor, tokens: torch.Tensor,
+    settings: Settings,
+) -> torch.Tensor:  # fmt: skip
+    """A forward of the first row that adds 0 (with a zero gradient) to the scores: under
+    `lockstep` every process runs the same forwards and backwards."""
+    logp = score_tokens(logits_fn, layout, state, tokens, settings, state.new_zeros(1))
+    return logp.masked_fill(torch.ones_like(logp, dtype=torch.bool), 0.0).sum()
 
 
 def mean_field(

@@ -759,11 +759,8 @@ class DimooModel:
                 -1, -1, hidden.shape[-1]
             )
             hidden = hidden.gather(1, index)
-        if vocab is not None:  # only those head rows: e.g. the 8,192 image codes
-            head = self.backbone.lm_head
-            bias = None if head.bias is None else head.bias[vocab]
-            return torch.nn.functional.linear(hidden, head.weight[vocab], bias).float()
-        return self.backbone.lm_head(hidden).float()
+        # `vocab`: only those head rows, e.g. the 8,192 image codes (VocabSliceHead)
+        return self.backbone.lm_head(hidden, vocab).float()
 
     __call__ = logits
     scores_positions = True
@@ -773,21 +770,30 @@ class DimooModel:
         """`preprocess_image` with this VQ's downsampling (crops of 2x it, 32 px for DiMOO)."""
         return preprocess_image(image, target_size, multiple=2 * self.vq.downsample)
 
-    def released_state_dict(self) -> dict[str, torch.Tensor]:
-        """The backbone's weights under their released names, in file order (the head left
-        out when tied)."""
-        state = self.backbone.state_dict()
+    def released_state_dict(
+        self, state: Mapping[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The backbone's weights (or `state`, the backbone's state dict gathered from FSDP
+        shards) under their released names, in file order (the head left out when tied)."""
+        state = self.backbone.state_dict() if state is None else state
         out = {}
         for name in self.arch.released_shapes():
             out[name] = state[released_to_llama(name)]
         return out
 
-    def save(self, out_dir: str | Path, *, num_shards: int | None = None) -> Path:
+    def save(
+        self,
+        out_dir: str | Path,
+        *,
+        num_shards: int | None = None,
+        state: Mapping[str, torch.Tensor] | None = None,
+    ) -> Path:
         """Write the released layout to `out_dir`: config.json (the loaded one), the weights
         under `model.transformer.*` names in the model dtype (`num_shards` safetensors with an
         index when > 1; default: as many as the loaded checkpoint had), the tokenizer, `vqvae/`,
         and every other top-level file of the source folder (remote code, generation config),
-        so this loader and DiMOO's own code both read it."""
+        so this loader and DiMOO's own code both read it. `state`: the weights to write instead
+        of the backbone's own (the full state gathered from FSDP shards by the trainer)."""
         out = Path(out_dir)
         if self.source is not None and out.resolve() == self.source.resolve():
             raise ValueError(
@@ -799,7 +805,7 @@ class DimooModel:
         self._copy_source_files(out)
         (out / CONFIG_NAME).write_text(json.dumps(self.config, indent=2) + "\n", encoding="utf-8")
         shards = num_shards if num_shards is not None else self._source_shards()
-        write_weights(self.released_state_dict(), out, shards)
+        write_weights(self.released_state_dict(state), out, shards)
         self.tokenizer.save_pretrained(str(out))
         self.vq.model.save_pretrained(str(out / VQ_FOLDER))
         return out
@@ -866,6 +872,19 @@ def check_ids(ids: DimooIds, arch: DimooArch, vq: DimooVQ, root: Path) -> None:
         )
 
 
+class VocabSliceHead(torch.nn.Linear):
+    """The output head, able to compute only the rows `vocab` of the vocabulary (the samplers'
+    fast path: image steps need the 8,192 code rows of a ~126K vocabulary). The slice is taken
+    inside the head's own forward because FSDP gathers a unit's sharded weight only there:
+    indexing `lm_head.weight` from outside would read one process's shard."""
+
+    def forward(self, hidden: torch.Tensor, vocab: slice | None = None) -> torch.Tensor:
+        if vocab is None:
+            return super().forward(hidden)
+        bias = None if self.bias is None else self.bias[vocab]
+        return torch.nn.functional.linear(hidden, self.weight[vocab], bias)
+
+
 def build_backbone(
     arch: DimooArch,
     released: Mapping[str, torch.Tensor],
@@ -890,6 +909,8 @@ def build_backbone(
         )
     if arch.weight_tying:
         model.lm_head.weight = model.model.embed_tokens.weight
+    # Same parameters, a forward that can compute only some vocabulary rows (no new state).
+    model.lm_head.__class__ = VocabSliceHead
     # The rotary buffers are not weights: compute them on the target device.
     with torch.device(device):
         model.model.rotary_emb = LlamaRotaryEmbedding(config)

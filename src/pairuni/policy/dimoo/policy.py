@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pairuni.policy.base import RolloutBatch, Task, UnsupportedSettingError, cast_parameters
+from pairuni.policy.base import (
+    FsdpLayout,
+    RolloutBatch,
+    Task,
+    UnsupportedSettingError,
+    cast_parameters,
+)
 from pairuni.policy.dimoo.config import DimooRolloutConfig
 from pairuni.policy.dimoo.sampling import ImageSampling, Rollout, TextSampling
 from pairuni.policy.prompts import format_question
@@ -134,6 +140,9 @@ class DimooPolicy:
         self.rollout_config = rollout_config or RolloutConfig()
         self.settings: DimooRolloutConfig = self.rollout_config.dimoo
         self.ids = model.ids
+        self.collective_forwards = False
+        """Set by `train.sharding: fsdp`: the samplers and the replay then run data-independent
+        forward counts (`lockstep`)."""
         unknown = [m for m in self.model_config.trainable if m not in TRAINABLE]
         if unknown:
             raise UnsupportedSettingError(
@@ -210,9 +219,7 @@ class DimooPolicy:
 
             save_adapter(self.peft, Path(out_dir), state_dict)
             return
-        if state_dict is not None:
-            self.model.backbone.load_state_dict(state_dict)
-        self.model.save(out_dir)
+        self.model.save(out_dir, state=state_dict)
 
     def merged(self) -> DimooPolicy:
         """The policy with its adapters merged into plain weights (consumes them), which `save`
@@ -284,6 +291,7 @@ class DimooPolicy:
             steps=self.settings.image_steps,
             guidance=self.rollout_config.cfg_scale - 1.0,  # Janus's s = DiMOO's 1 + w
             temperature=0.0 if greedy else self.rollout_config.image_temperature,
+            lockstep=self.collective_forwards,
         )
 
     def text_sampling(self, greedy: bool = False) -> TextSampling:
@@ -292,6 +300,7 @@ class DimooPolicy:
             block_length=self.settings.text_block_length,
             temperature=0.0 if greedy else self.rollout_config.text_temperature,
             stop_ids=(self.ids.eos, self.ids.answer_end, self.ids.answer_pad),
+            lockstep=self.collective_forwards,
         )
 
     def _seeds(self, generator: torch.Generator | int | None, count: int) -> list[int]:
@@ -460,6 +469,7 @@ class DimooPolicy:
             guidance=self.settings.edit_text_guidance,
             image_guidance=self.settings.edit_image_guidance,
             temperature=0.0 if greedy else self.rollout_config.image_temperature,
+            lockstep=self.collective_forwards,
         )
         with self._eval_mode():
             rollout = sample_images(
@@ -727,8 +737,19 @@ class DimooPolicy:
         ref.model.backbone.requires_grad_(False)
         return ref
 
-    def fsdp_layout(self, trainable: Sequence[str]) -> Any:
-        raise UnsupportedSettingError(
-            "train.sharding: fsdp is not supported by the dimoo backend yet; use sharding: "
-            "none or zero1 (DDP with a sharded optimizer)"
-        )
+    def fsdp_layout(self, trainable: Sequence[str]) -> FsdpLayout:
+        """Each decoder layer, the input embeddings (with the head when tied), the head, then
+        the decoder (its final norm); the root is the backbone. The VQ tokenizer is not part
+        of `module` (frozen, replicated on every process). With LoRA the adapters live inside
+        the decoder layers' units."""
+        del trainable  # the backbone is the only trainable module (TRAINABLE)
+        backbone = self.model.backbone
+        decoder = backbone.get_submodule("model")
+        embed, head = decoder.get_submodule("embed_tokens"), backbone.get_submodule("lm_head")
+        units: list[Any] = list(decoder.get_submodule("layers"))
+        units += [[embed, head]] if head.weight is embed.weight else [embed, head]
+        units.append(decoder)
+        return FsdpLayout(units, [], collective_forwards=self._set_collective_forwards)
+
+    def _set_collective_forwards(self, collective: bool) -> None:
+        self.collective_forwards = collective

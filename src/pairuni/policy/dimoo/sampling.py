@@ -66,6 +66,11 @@ class ImageSampling:
     temperature: float = 1.0
     """tau: sampling from softmax(guided / tau) and tau * Gumbel in the remasking confidence;
     0 is greedy (then the recorded log-probs are those of softmax(guided))."""
+    lockstep: bool = False
+    """Run the forward of every scheduled step even when no row needs it (a stand-in forward
+    of the first row, discarded; the log-prob replay does the same). Under FSDP every forward
+    is a collective, so every process must run the same number whatever its data; the policy
+    sets it then. Samples are unchanged."""
 
     def __post_init__(self) -> None:
         _check_steps(self.steps, "ImageSampling.steps")
@@ -84,6 +89,11 @@ class TextSampling:
     """tau of the candidates' Gumbel-max (dLLM-RL's 0.8); 0 is greedy (DiMOO's default)."""
     stop_ids: tuple[int, ...] | None = None
     """Tokens that end a completion (early stop, completion mask). None: (ids.eos,)."""
+    lockstep: bool = False
+    """Run the forward of every scheduled step even when no row needs it (a stand-in forward
+    of the first row, discarded; the log-prob replay does the same). Under FSDP every forward
+    is a collective, so every process must run the same number whatever its data; the policy
+    sets it then. Samples are unchanged."""
 
     def __post_init__(self) -> None:
         _check_steps(self.steps, "TextSampling.steps")
@@ -404,7 +414,7 @@ def sample_text(
 ) -> Rollout:
     """Understanding rollouts of an `understanding_layout`; `seeds` (B,) one per row.
     Forwards: at most `steps` (a step that commits nothing is skipped), each over the rows not
-    yet stopped."""
+    yet stopped; exactly the scheduled steps under `settings.lockstep`."""
     _check_layout(layout, "text", settings, TextSampling)
     ids, device = layout.ids, layout.device
     batch, length = layout.batch_size, layout.num_generated
@@ -420,7 +430,12 @@ def sample_text(
         columns = torch.arange(k * block, (k + 1) * block, device=device)
         for i, count in enumerate(text_schedule(block, steps_per_block)):
             rows = (~stopped).nonzero().squeeze(1)
-            if count == 0 or rows.numel() == 0:
+            if count == 0:
+                continue
+            if rows.numel() == 0:
+                if settings.lockstep:  # every row stopped here, not necessarily on the others
+                    generation_logits(logits_fn, layout, tokens, rows=rows.new_zeros(1),
+                                      columns=columns)  # fmt: skip
                 continue
             logits = generation_logits(logits_fn, layout, tokens, rows=rows, columns=columns)
             tempered = temper(logits, tau)
