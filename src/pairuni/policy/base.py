@@ -299,6 +299,16 @@ class FsdpLayout:
     with nothing to do) runs data-independent counts while it is True."""
 
 
+def collective_forwards_setter(policy: object) -> Callable[[bool], None]:
+    """An `FsdpLayout.collective_forwards` that stores the flag in `policy.collective_forwards`
+    (where both backends' samplers read it)."""
+
+    def tell(collective: bool) -> None:
+        policy.collective_forwards = collective  # type: ignore[attr-defined]
+
+    return tell
+
+
 @runtime_checkable
 class TrainablePolicy(UnifiedPolicy, Protocol):
     """What the trainer needs beyond sampling and log-probs; backends loaded through

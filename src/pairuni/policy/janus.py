@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pairuni.policy.base import FsdpLayout, ImageRollout, TextRollout, cast_parameters
+from pairuni.policy.base import (
+    FsdpLayout,
+    ImageRollout,
+    TextRollout,
+    cast_parameters,
+    collective_forwards_setter,
+)
 from pairuni.policy.config import ModelConfig, RolloutConfig
 from pairuni.policy.images import to_pil
 
@@ -565,10 +571,7 @@ class JanusPolicy:
                 continue
             module = self.model.get_submodule(paths[0])
             (units if name in trainable else replicated).append(module)
-        return FsdpLayout(units, replicated, collective_forwards=self._set_collective_forwards)
-
-    def _set_collective_forwards(self, collective: bool) -> None:
-        self.collective_forwards = collective
+        return FsdpLayout(units, replicated, collective_forwards=collective_forwards_setter(self))
 
     @property
     def vision_dtype(self) -> torch.dtype:

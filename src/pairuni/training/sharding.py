@@ -83,6 +83,10 @@ def check_launcher(requested: Sharding, env: Mapping[str, str] | None = None) ->
         )
 
 
+def _ignore_collective_forwards(collective: bool) -> None:
+    """The `FsdpLayout.collective_forwards` of a policy that needs no telling (or no FSDP)."""
+
+
 class ShardingPlan:
     """One run's sharding: wraps the policy, builds the optimiser, gathers state for checkpoints.
 
@@ -104,7 +108,7 @@ class ShardingPlan:
             self.effective = "none"
         self.model: torch.nn.Module | None = None
         self.units: list[Any] = []
-        self.collective_forwards: Callable[[bool], None] = lambda collective: None
+        self.collective_forwards: Callable[[bool], None] = _ignore_collective_forwards
 
     @property
     def all_reduces_grads(self) -> bool:
@@ -126,7 +130,7 @@ class ShardingPlan:
             ) from err
         self.model = policy.module
         self.units = shard_module(self.model, layout, self.dist)
-        self.collective_forwards = layout.collective_forwards or (lambda collective: None)
+        self.collective_forwards = layout.collective_forwards or _ignore_collective_forwards
         self.collective_forwards(True)
 
     @contextlib.contextmanager

@@ -29,6 +29,7 @@ from pairuni.policy.base import (
     Task,
     UnsupportedSettingError,
     cast_parameters,
+    collective_forwards_setter,
 )
 from pairuni.policy.dimoo.config import DimooRolloutConfig
 from pairuni.policy.dimoo.sampling import ImageSampling, Rollout, TextSampling
@@ -749,7 +750,4 @@ class DimooPolicy:
         units: list[Any] = list(decoder.get_submodule("layers"))
         units += [[embed, head]] if head.weight is embed.weight else [embed, head]
         units.append(decoder)
-        return FsdpLayout(units, [], collective_forwards=self._set_collective_forwards)
-
-    def _set_collective_forwards(self, collective: bool) -> None:
-        self.collective_forwards = collective
+        return FsdpLayout(units, [], collective_forwards=collective_forwards_setter(self))

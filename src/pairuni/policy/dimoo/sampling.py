@@ -90,10 +90,7 @@ class TextSampling:
     stop_ids: tuple[int, ...] | None = None
     """Tokens that end a completion (early stop, completion mask). None: (ids.eos,)."""
     lockstep: bool = False
-    """Run the forward of every scheduled step even when no row needs it (a stand-in forward
-    of the first row, discarded; the log-prob replay does the same). Under FSDP every forward
-    is a collective, so every process must run the same number whatever its data; the policy
-    sets it then. Samples are unchanged."""
+    """As `ImageSampling.lockstep`: every scheduled step runs its forward (FSDP collectives)."""
 
     def __post_init__(self) -> None:
         _check_steps(self.steps, "TextSampling.steps")
