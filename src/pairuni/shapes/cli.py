@@ -151,6 +151,13 @@ def shapes_pretrain(
         bool, typer.Option("--force", help="Rebuild even if OUT holds a model of these settings.")
     ] = False,
     threads: ThreadsOption = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="`janus` (autoregressive, HF format) or `dimoo` (masked diffusion, "
+            "Lumina-DiMOO's released layout)."
+        ),
+    ] = "janus",
 ) -> None:
     """Build the ShapesWorld base model: VQ tokenizer + SFT on both tasks, then evaluate it.
 
@@ -158,9 +165,14 @@ def shapes_pretrain(
     """
 
     from pairuni.shapes.pretrain import PretrainConfig, pretrain
+    from pairuni.shapes.pretrain_dimoo import DimooPretrainConfig
 
     set_threads(threads)
-    config = PretrainConfig.quick(seed=seed) if quick else PretrainConfig(seed=seed)
+    kinds = {"janus": PretrainConfig, "dimoo": DimooPretrainConfig}
+    if backend not in kinds:
+        fail(f"--backend {backend!r}: use janus or dimoo")
+    kind = kinds[backend]
+    config = kind.quick(seed=seed) if quick else kind(seed=seed)
     try:
         report = pretrain(out, config, force=force)
     except FileExistsError as err:

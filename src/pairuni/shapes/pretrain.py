@@ -200,6 +200,10 @@ class PretrainConfig(Section):
         }
         return cls(**{**values, **overrides})
 
+    def builder(self) -> Any:
+        """What builds the model into a work folder: `(work, config) -> report`."""
+        return _build
+
     def settings_hash(self) -> str:
         """A short hash of every setting and the pipeline version (the cache key)."""
         payload = json.dumps([FORMAT_VERSION, self.model_dump(mode="json")], sort_keys=True)
@@ -241,7 +245,7 @@ def pretrain(
     partial = out.with_name(out.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     with _deterministic():
-        report = _build(partial, config)
+        report = config.builder()(partial, config)
     if out.exists():
         shutil.rmtree(out)
     for leftover in ("vq_phase.pt",):

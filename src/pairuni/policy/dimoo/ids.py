@@ -39,7 +39,17 @@ TOKEN_STRINGS = {
     "uncondition": "<uncondition>",
 }
 
-CONFIG_KEYS = {"mask": "mask_token_id", "eos": "eos_token_id"}
+CONFIG_KEYS = {
+    "mask": "mask_token_id",
+    "eos": "eos_token_id",
+    # Not in the release: a checkpoint with its own id layout declares it with these keys (the
+    # ShapesWorld base model of `pairuni shapes pretrain --backend dimoo` has a ~1,500-row
+    # vocabulary: its text head is then 100x cheaper on a CPU than the release's 126K rows).
+    "newline": "image_newline_token_id",
+    "answer_pad": "answer_pad_token_id",
+    "image_offset": "image_token_offset",
+    "codebook_size": "image_codebook_size",
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,8 +164,18 @@ def random_weights(
     return out
 
 
-def build_tokenizer_json(num_merges: int = 192) -> str:
-    """tokenizer.json: byte-level BPE plus DiMOO's special tokens at their sparse ids."""
+def build_tokenizer_json(
+    num_merges: int = 192,
+    *,
+    corpus: Sequence[str] | None = None,
+    plain_tokens: Sequence[str] = (),
+    compact: bool = False,
+) -> str:
+    """tokenizer.json: byte-level BPE trained on `corpus` (default: a few DiMOO prompts) plus
+    DiMOO's special tokens at their sparse released ids (`compact`: at the ids right after the
+    others, for a checkpoint with its own small id layout); `plain_tokens` are added tokens
+    that decode as text (the ShapesWorld base model's `<think>` tags and fixed prompts), at the
+    ids after the BPE's."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     backend = Tokenizer(models.BPE())
@@ -175,21 +186,20 @@ def build_tokenizer_json(num_merges: int = 192) -> str:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(_CORPUS, trainer=trainer)
+    backend.train_from_iterator(_CORPUS if corpus is None else corpus, trainer=trainer)
     spec = json.loads(backend.to_str())
-    spec["model"]["vocab"].update(SPECIAL_TOKENS)
+    vocab = spec["model"]["vocab"]
+    first = max(vocab.values()) + 1
+    plain = {token: first + i for i, token in enumerate(dict.fromkeys(plain_tokens))}
+    first += len(plain)
+    specials = (
+        {token: first + i for i, token in enumerate(SPECIAL_TOKENS)} if compact else SPECIAL_TOKENS
+    )
+    vocab.update(plain)
+    vocab.update(specials)
     spec["added_tokens"] = [
-        {
-            "id": token_id,
-            "content": token,
-            "single_word": False,
-            "lstrip": False,
-            "rstrip": False,
-            "normalized": False,
-            "special": True,
-        }
-        for token, token_id in SPECIAL_TOKENS.items()
-    ]
+        _added_token(token, token_id, special=False) for token, token_id in plain.items()
+    ] + [_added_token(token, token_id, special=True) for token, token_id in specials.items()]
     spec["post_processor"] = {
         "type": "TemplateProcessing",
         "single": [
@@ -201,10 +211,22 @@ def build_tokenizer_json(num_merges: int = 192) -> str:
             {"Sequence": {"id": "A", "type_id": 0}},
             {"Sequence": {"id": "B", "type_id": 1}},
         ],
-        "special_tokens": {BOS: {"id": BOS, "ids": [SPECIAL_TOKENS[BOS]], "tokens": [BOS]}},
+        "special_tokens": {BOS: {"id": BOS, "ids": [specials[BOS]], "tokens": [BOS]}},
     }
     Tokenizer.from_str(json.dumps(spec))  # fail here, not at load time, if the spec is invalid
     return json.dumps(spec, ensure_ascii=False, indent=1)
+
+
+def _added_token(token: str, token_id: int, *, special: bool) -> dict[str, Any]:
+    return {
+        "id": token_id,
+        "content": token,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": special,
+    }
 
 
 def tokenizer_config() -> dict[str, Any]:
