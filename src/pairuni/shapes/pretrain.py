@@ -29,7 +29,7 @@ import json
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -452,44 +452,65 @@ def _vq_phase(
     work: Path, config: PretrainConfig, vq: Any, samples: ShapesSamples, vqt: Any, tqdm: Any
 ) -> dict[str, Any]:
     """Train the VQ (or reload the finished phase of an interrupted run) and measure it."""
-    import torch
-
-    from pairuni.shapes.scene import Scene
-
-    saved = work / "vq_phase.pt"
-    if saved.is_file():
-        state = torch.load(saved, weights_only=True)
-        if state.get("hash") == config.settings_hash():
-            vq.load_state_dict(state["weights"])
-            losses = state["losses"]
-        else:
-            saved.unlink()
-    if not saved.is_file():
-        settings = vqt.VQTrainSettings(
-            steps=config.vq_steps,
-            batch_size=config.vq_batch_size,
-            learning_rate=config.vq_learning_rate,
-            foreground_weight=config.vq_foreground_weight,
-        )
-        generator = torch.Generator().manual_seed(config.seed)
-        pixels = vqt.to_model_pixels(samples.train_images())
-        with tqdm(total=settings.steps, desc="VQ", unit="step") as bar:
-
-            def on_step(step: int, loss: float) -> None:
-                bar.update(1)
-                if step % 10 == 0:
-                    bar.set_postfix(recon=f"{loss:.4f}")
-
-            losses = vqt.train_vq(vq, pixels, settings, generator, on_step)
-        torch.save(
-            {"hash": config.settings_hash(), "weights": vq.state_dict(), "losses": losses}, saved
-        )
+    losses = train_or_reload_vq(work, config, vq, vqt.to_model_pixels(samples.train_images()), tqdm)
     vq.eval()
     records, images = samples.heldout_gen(config.n_eval_vq)
-    recon = vqt.reconstruct(vq, vqt.to_model_pixels(images))
+    return vq_report(vqt.reconstruct(vq, vqt.to_model_pixels(images)), images, records, losses)
+
+
+def train_or_reload_vq(
+    work: Path,
+    config: PretrainConfig,
+    vq: Any,
+    pixels: Any,
+    tqdm: Any,
+    finish: Callable[[Any], None] | None = None,
+) -> list[float]:
+    """Train `vq` on `pixels` with `pretrain_vq.train_vq` and keep the result in
+    `work/vq_phase.pt` (`finish(vq)` runs before it is kept), or reload it from there when an
+    interrupted build of the same settings left it; returns the reconstruction losses."""
+    import torch
+
+    from pairuni.shapes import pretrain_vq as vqt
+
+    saved = work / "vq_phase.pt"
+    state = torch.load(saved, weights_only=True) if saved.is_file() else None
+    if state is not None and state.get("hash") == config.settings_hash():
+        vq.load_state_dict(state["weights"])
+        return state["losses"]
+    settings = vqt.VQTrainSettings(
+        steps=config.vq_steps,
+        batch_size=config.vq_batch_size,
+        learning_rate=config.vq_learning_rate,
+        foreground_weight=config.vq_foreground_weight,
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    with tqdm(total=settings.steps, desc="VQ", unit="step") as bar:
+
+        def on_step(step: int, loss: float) -> None:
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(recon=f"{loss:.4f}")
+
+        losses = vqt.train_vq(vq, pixels, settings, generator, on_step)
+    if finish is not None:
+        finish(vq)
+    state = {"hash": config.settings_hash(), "weights": vq.state_dict(), "losses": losses}
+    torch.save(state, saved)
+    return losses
+
+
+def vq_report(
+    reconstructions: Any, images: Any, records: Sequence[dict[str, Any]], losses: Sequence[float]
+) -> dict[str, Any]:
+    """The VQ's share of held-out scenes the detector reads back from their reconstructions
+    (and from the originals, the detector's own ceiling) and its loss curve."""
+    from pairuni.shapes import pretrain_vq as vqt
+    from pairuni.shapes.scene import Scene
+
     scenes = [Scene.from_dict(r["scene"]) for r in records]
     return {
-        "recovery_rate_heldout": vqt.recovery_rate(recon, scenes),
+        "recovery_rate_heldout": vqt.recovery_rate(reconstructions, scenes),
         "recovery_rate_originals": vqt.recovery_rate(images, scenes),
         "n_heldout": len(records),
         "recon_loss_first_10": _mean(losses[:10]),

@@ -146,64 +146,32 @@ def _vq_phase(
     work: Path, config: DimooPretrainConfig, samples: Any, tqdm: Any
 ) -> tuple[Any, dict[str, Any]]:
     """Train the VQ (or reload the finished phase of an interrupted run) and measure it."""
+    import numpy as np
+
+    from pairuni.policy.dimoo.model import DimooVQ
+    from pairuni.shapes.pretrain import train_or_reload_vq, vq_report
+
+    vq = build_vq(config)
+    pixels = unit_pixels(samples.train_images())
+    losses = train_or_reload_vq(work, config, vq, pixels, tqdm, finish=normalise_codebook)
+    vq.eval().requires_grad_(False)
+    records, images = samples.heldout_gen(config.n_eval_vq)
+    wrapped = DimooVQ(vq)
+    recon = np.stack(
+        [_array(im) for im in wrapped.decode(wrapped.encode([_pil(im) for im in images]))]
+    )
+    return vq, vq_report(recon, images, records, losses)
+
+
+def normalise_codebook(vq: Any) -> None:
+    """Store the rows `train_vq` quantised against (L2-normalised): then the `VQModel`'s
+    Euclidean nearest row is the cosine-nearest one and its lookup returns unit vectors."""
     import torch
     import torch.nn.functional as F
 
-    from pairuni.shapes import pretrain_vq as vqt
-
-    vq = build_vq(config)
-    saved = work / "vq_phase.pt"
-    state = torch.load(saved, weights_only=True) if saved.is_file() else None
-    if state is not None and state.get("hash") == config.settings_hash():
-        vq.load_state_dict(state["weights"])
-        losses = state["losses"]
-    else:
-        settings = vqt.VQTrainSettings(
-            steps=config.vq_steps,
-            batch_size=config.vq_batch_size,
-            learning_rate=config.vq_learning_rate,
-            foreground_weight=config.vq_foreground_weight,
-        )
-        generator = torch.Generator().manual_seed(config.seed)
-        pixels = unit_pixels(samples.train_images())
-        with tqdm(total=settings.steps, desc="VQ", unit="step") as bar:
-
-            def on_step(step: int, loss: float) -> None:
-                bar.update(1)
-                if step % 10 == 0:
-                    bar.set_postfix(recon=f"{loss:.4f}")
-
-            losses = vqt.train_vq(vq, pixels, settings, generator, on_step)
-        with torch.no_grad():  # what train_vq quantised against: the normalised rows
-            weight = vq.quantize.embedding.weight
-            weight.copy_(F.normalize(weight, dim=1))
-        state = {"hash": config.settings_hash(), "weights": vq.state_dict(), "losses": losses}
-        torch.save(state, saved)
-    vq.eval().requires_grad_(False)
-    return vq, _vq_report(vq, samples, config, losses)
-
-
-def _vq_report(vq: Any, samples: Any, config: PretrainConfig, losses: list) -> dict[str, Any]:
-    from pairuni.policy.dimoo.model import DimooVQ
-    from pairuni.shapes.pretrain import _mean
-    from pairuni.shapes.pretrain_vq import recovery_rate
-    from pairuni.shapes.scene import Scene
-
-    records, images = samples.heldout_gen(config.n_eval_vq)
-    wrapped = DimooVQ(vq)
-    pil = [_pil(im) for im in images]
-    recon = [_array(im) for im in wrapped.decode(wrapped.encode(pil))]
-    scenes = [Scene.from_dict(r["scene"]) for r in records]
-    import numpy as np
-
-    return {
-        "recovery_rate_heldout": recovery_rate(np.stack(recon), scenes),
-        "recovery_rate_originals": recovery_rate(images, scenes),
-        "n_heldout": len(records),
-        "recon_loss_first_10": _mean(losses[:10]),
-        "recon_loss_last_10": _mean(losses[-10:]),
-        "recon_loss_every_10": [round(x, 5) for x in losses[::10]],
-    }
+    with torch.no_grad():
+        weight = vq.quantize.embedding.weight
+        weight.copy_(F.normalize(weight, dim=1))
 
 
 def _pil(array: Any) -> Any:
