@@ -203,6 +203,26 @@ def test_work_on_the_main_process_may_outlast_the_collective_timeout(tmp_path: P
     assert "rank 0 result done" in done.stdout and "rank 1 result None" in done.stdout
 
 
+def test_the_main_process_beats_several_times_per_collective_timeout() -> None:
+    """The others give up after `timeout_s` without a beat: one beat per timeout (the old
+    2 s interval with a 2 s timeout) failed on a loaded machine however alive rank 0 was."""
+    import threading
+
+    from pairuni.training.distributed import Collective
+
+    collective = Collective.__new__(Collective)
+    collective.timeout_s = 1.0
+    beats: list[float] = []
+    collective._publish = lambda stage: beats.append(time.monotonic())  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=collective._heartbeat, args=(stop, "evaluation"))
+    thread.start()
+    time.sleep(1.0)
+    stop.set()
+    thread.join()
+    assert len(beats) >= 3, f"{len(beats)} beats in one timeout"
+
+
 def sft_cmd(config: Path) -> list[str]:
     return [sys.executable, "-m", "pairuni", "sft", "--config", str(config)]
 

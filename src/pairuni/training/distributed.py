@@ -191,7 +191,10 @@ class Collective:
             self._store.set(done_key, outcome)
 
     def _heartbeat(self, stop: threading.Event, stage: str) -> None:
-        while not stop.wait(HEARTBEAT_S):
+        # a few beats per timeout: at one beat per timeout, any delay of a beat (a loaded
+        # machine) made the waiting processes give up on a main process that was alive
+        interval = min(HEARTBEAT_S, self.timeout_s / 4)
+        while not stop.wait(interval):
             self._publish(f"main-only {stage}")
 
     def _wait_for_main(self, done_key: str, stage: str) -> None:
