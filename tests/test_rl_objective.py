@@ -16,8 +16,10 @@ from pairuni.rl.objective import TaskBatch, pairgrpo_loss, task_advantages
 F64 = torch.float64
 
 
-def naive_task_loss(batch: TaskBatch, cfg: AlgoConfig) -> torch.Tensor:
-    """Token-level PPO-clip (+ optional k3 KL) and the three aggregations, by Python loops."""
+def naive_task_loss(batch: TaskBatch, cfg: AlgoConfig, beta: float | None = None) -> torch.Tensor:
+    """Token-level PPO-clip (+ optional k3 KL, coefficient `beta`, default cfg.beta) and the
+    three aggregations, by Python loops."""
+    beta = cfg.beta if beta is None else beta
     seq_terms, token_sum, token_count = [], 0.0, 0
     old = batch.logp.detach() if batch.old_logp is None else batch.old_logp
     for i in range(batch.mask.shape[0]):
@@ -29,9 +31,9 @@ def naive_task_loss(batch: TaskBatch, cfg: AlgoConfig) -> torch.Tensor:
             ratio = torch.exp(batch.logp[i, t] - old[i, t])
             clipped = torch.clamp(ratio, 1 - cfg.epsilon_low, 1 + cfg.epsilon_high)
             loss = -torch.minimum(ratio * a, clipped * a)
-            if cfg.beta > 0:
+            if beta > 0:
                 x = batch.ref_logp[i, t] - batch.logp[i, t]
-                loss = loss + cfg.beta * (torch.exp(x) - x - 1)
+                loss = loss + beta * (torch.exp(x) - x - 1)
             losses.append(loss)
         total = sum(losses) if losses else torch.zeros((), dtype=F64)
         token_sum = token_sum + total
@@ -43,6 +45,19 @@ def naive_task_loss(batch: TaskBatch, cfg: AlgoConfig) -> torch.Tensor:
     if cfg.loss_aggregation == "token-mean":
         return token_sum / (batch.num_tokens or token_count)
     return sum(seq_terms) / (batch.num_sequences or batch.mask.shape[0])
+
+
+def test_each_task_may_have_its_own_kl_coefficient() -> None:
+    und, gen = make_batch(4, 6, seed=11), make_batch(4, 5, seed=12)
+    cfg = AlgoConfig(beta=0.3, beta_und=0.2, beta_gen=0.0)
+    out = pairgrpo_loss(und, gen, cfg)
+    expected = naive_task_loss(und, cfg, beta=0.2) + naive_task_loss(gen, cfg, beta=0.0)
+    torch.testing.assert_close(out.loss, expected)
+    assert cfg.task_beta("und") == 0.2 and cfg.task_beta("gen") == 0.0 and cfg.uses_reference
+    unset = AlgoConfig(beta=0.04)
+    assert unset.task_beta("und") == unset.task_beta("gen") == 0.04
+    assert not AlgoConfig(beta=0.1, beta_und=0.0, beta_gen=0.0).uses_reference
+    assert AlgoConfig(beta_gen=0.1).uses_reference
 
 
 def make_batch(batch: int, length: int, seed: int, *, full: bool = False, spread: float = 0.3):
@@ -305,7 +320,7 @@ def test_separable_over_tokens_says_when_other_tokens_values_leave_a_gradient_al
         logp = others.clone()
         logp[0, 0] = first
         batch = TaskBatch(logp=logp, mask=mask, advantages=advantages, old_logp=old, ref_logp=ref)
-        task_loss(batch, cfg)[0].backward()
+        task_loss(batch, cfg, "und")[0].backward()
         return float(first.grad)
 
     moved = values - 0.5 * torch.rand(3, 5, generator=gen, dtype=F64)

@@ -151,6 +151,26 @@ def test_kl_to_the_initial_model_is_zero_first_then_positive(
     assert name in ref and not torch.equal(ref[name].detach(), moved[name])
 
 
+def test_a_kl_on_understanding_only_scores_pi_ref_for_that_task_alone(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = make_config(
+        assets,
+        tmp_path,
+        algo={"beta_und": 0.1, "num_iterations": 2},
+        train={"max_steps": 1},
+    )
+    trainer = PairGRPOTrainer(cfg)
+    assert trainer.ref_policy is not None
+    batch = trainer._sample_batch(0)
+    rollouts = trainer._rollout(batch)
+    advantages = trainer._advantages(batch, trainer._score(batch, rollouts))
+    trainer._update(rollouts, advantages, 0)
+    second = trainer._update(rollouts, advantages, 1)
+    assert rollouts["und"].ref_logp is not None and rollouts["gen"].ref_logp is None
+    assert second["und/kl"] > 1e-6 and "gen/kl" not in second
+
+
 def one_step(
     assets: dict[str, Path], out: Path, micro: int, aggregation: str
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -57,6 +57,14 @@ class AlgoConfig(Section):
     beta: float = Field(0.0, ge=0.0)
     """KL coefficient to the reference model. 0 (the paper's default) needs no reference model."""
 
+    beta_und: float | None = Field(None, ge=0.0)
+    """KL coefficient of the understanding loss alone; null: `beta`. The tasks may need their
+    own: on ShapesWorld a KL of 0.2 kept understanding RL from collapsing its thinks and took
+    nearly all of generation's gain (docs/results/sweep.md)."""
+
+    beta_gen: float | None = Field(None, ge=0.0)
+    """KL coefficient of the generation loss alone; null: `beta`."""
+
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     """Per-token estimator of KL(pi_theta || pi_ref) used when beta > 0: k1 = log r,
     k2 = (log r)^2 / 2, k3 = exp(-log r) + log r - 1 (Schulman's unbiased, non-negative estimator),
@@ -92,3 +100,14 @@ class AlgoConfig(Section):
                 "set at least one of them above 0"
             )
         return self
+
+    def task_beta(self, task: str) -> float:
+        """The KL coefficient of task `und` or `gen`: its own (`beta_und` / `beta_gen`) if set,
+        else `beta`."""
+        own = {"und": self.beta_und, "gen": self.beta_gen}[task]
+        return self.beta if own is None else own
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether some task's loss has a KL term (the trainer then keeps pi_ref)."""
+        return any(self.task_beta(task) > 0 for task in ("und", "gen"))

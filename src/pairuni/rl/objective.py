@@ -64,8 +64,10 @@ class ObjectiveOutput:
     metrics: dict[str, torch.Tensor]
 
 
-def task_loss(batch: TaskBatch, config: AlgoConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One task's aggregated loss () and its metrics (unprefixed)."""
+def task_loss(
+    batch: TaskBatch, config: AlgoConfig, task: str
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Task `task`'s (`und` | `gen`) aggregated loss () and its metrics (unprefixed)."""
     old_logp = batch.logp.detach() if batch.old_logp is None else batch.old_logp
     surrogate = clipped_surrogate(
         batch.logp,
@@ -77,7 +79,7 @@ def task_loss(batch: TaskBatch, config: AlgoConfig) -> tuple[torch.Tensor, dict[
         dual_clip=config.dual_clip,
         level=config.importance_sampling_level,
         ref_logp=batch.ref_logp,
-        beta=config.beta,
+        beta=config.task_beta(task),
         kl_estimator=config.kl_estimator,
     )
     loss = aggregate_loss(
@@ -121,7 +123,7 @@ def pairgrpo_loss(
         batch = batches[task]
         if batch is None:
             continue
-        loss, task_metrics = task_loss(batch, config)
+        loss, task_metrics = task_loss(batch, config, task)
         metrics.update({f"{task}/{name}": value for name, value in task_metrics.items()})
         weighted = weights[task] * loss
         total = weighted if total is None else total + weighted

@@ -326,7 +326,7 @@ class PairGRPOTrainer:
         if callable(check_ready):
             check_ready()  # a reward server that is down fails now, not after the first rollout
         self.rewardless_steps = {key: 0 for key in self.specs}
-        self.ref_policy = self._build_reference() if self.algo.beta > 0 else None
+        self.ref_policy = self._build_reference() if self.algo.uses_reference else None
         self.params = [p for group in self.policy.parameter_groups().values() for p in group]
         self.optimizer = self._build_optimizer()
         self.scheduler = self._build_scheduler()
@@ -763,8 +763,9 @@ class PairGRPOTrainer:
             )
 
     def _ref_logprobs(self, task: TaskRollouts) -> torch.Tensor | None:
-        """(n, T) log pi_ref of the local rows (computed once per step), or None without KL."""
-        if self.ref_policy is None:
+        """(n, T) log pi_ref of the local rows (computed once per step), or None when the
+        task's loss has no KL term."""
+        if self.ref_policy is None or self.algo.task_beta(task.spec.key) == 0:
             return None
         if task.ref_logp is None:
             task.ref_logp = self._micro_logprobs(self.ref_policy, task)
@@ -870,7 +871,7 @@ class PairGRPOTrainer:
         else:
             with self._autocast():
                 logp = spec.logprobs(self.policy, micro).float()
-            loss, metrics = task_loss(batch_of(logp), self.algo)
+            loss, metrics = task_loss(batch_of(logp), self.algo, spec.key)
             (spec.loss_weight * loss).backward()
         named = {f"{spec.key}/{k}": v for k, v in metrics.items()}
         return named, float(mask.sum())
@@ -908,10 +909,11 @@ class PairGRPOTrainer:
                 logp, in_stage = policy.stage_logprobs(spec.name, micro, stage)
             logp, in_stage = logp.float(), in_stage.to(filler.device)
             values = torch.where(in_stage, logp.detach(), values)
-            loss, _ = task_loss(batch_of(torch.where(in_stage, logp, filler)), self.algo)
+            kept = torch.where(in_stage, logp, filler)
+            loss, _ = task_loss(batch_of(kept), self.algo, spec.key)
             (spec.loss_weight * loss).backward()
         with torch.no_grad():
-            _, metrics = task_loss(batch_of(values), self.algo)
+            _, metrics = task_loss(batch_of(values), self.algo, spec.key)
         return metrics
 
     def _take_grads(self) -> torch.Tensor:
