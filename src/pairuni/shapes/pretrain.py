@@ -296,18 +296,13 @@ class _Timer:
 
 
 def _build(work: Path, config: PretrainConfig) -> dict[str, Any]:
-    import torch
     from tqdm import tqdm
 
     from pairuni.shapes import pretrain_lm as lm
     from pairuni.shapes import pretrain_vq as vqt
 
     timer = _Timer()
-    report: dict[str, Any] = {
-        "settings": config.model_dump(mode="json"),
-        "settings_hash": config.settings_hash(),
-        "complete": False,
-    }
+    report = new_report(config)
     with timer.phase("data"):
         samples = ShapesSamples.render(config)
     with timer.phase("model"):
@@ -327,6 +322,23 @@ def _build(work: Path, config: PretrainConfig) -> dict[str, Any]:
     with timer.phase("eval"):
         report["eval"] = evaluate(policy, samples, config)
     policy.save(work)
+    return finish_report(work, report, timer)
+
+
+def new_report(config: PretrainConfig, **extra: Any) -> dict[str, Any]:
+    """The report a build fills in: the settings and their hash (the cache key)."""
+    return {
+        **extra,
+        "settings": config.model_dump(mode="json"),
+        "settings_hash": config.settings_hash(),
+        "complete": False,
+    }
+
+
+def finish_report(work: Path, report: dict[str, Any], timer: _Timer) -> dict[str, Any]:
+    """Mark the report complete with its timings and write it beside the model."""
+    import torch
+
     report["seconds"] = {**timer.seconds, "total": timer.total()}
     report["threads"] = torch.get_num_threads()
     report["complete"] = True
@@ -581,14 +593,7 @@ def _sft_phase(
 ) -> dict[str, Any]:
     import torch
 
-    settings = lm.SFTSettings(
-        steps=config.sft_steps,
-        batch_size=config.sft_batch_size,
-        learning_rate=config.sft_learning_rate,
-        warmup_steps=config.sft_warmup_steps,
-        cfg_dropout=config.cfg_dropout,
-        gen_weight=config.gen_loss_weight,
-    )
+    settings = sft_settings(config)
     generator = torch.Generator().manual_seed(config.seed + 1)
     with tqdm(total=settings.steps, desc="SFT", unit="step") as bar:
 
@@ -598,6 +603,29 @@ def _sft_phase(
                 bar.set_postfix(und=f"{und:.3f}", gen=f"{gen:.3f}")
 
         history = lm.train_sft(model, data, settings, pad_id, generator, on_step)
+    return {
+        **sft_loss_summary(history),
+        "und_prompt_tokens_mean": _mean([len(p) for p in data.und_prompts]),
+        "gen_prompt_tokens_mean": _mean([len(p) for p in data.gen_prompts]),
+    }
+
+
+def sft_settings(config: PretrainConfig) -> Any:
+    """`pretrain_lm.SFTSettings` from the config (both base models' SFT reads them)."""
+    from pairuni.shapes.pretrain_lm import SFTSettings
+
+    return SFTSettings(
+        steps=config.sft_steps,
+        batch_size=config.sft_batch_size,
+        learning_rate=config.sft_learning_rate,
+        warmup_steps=config.sft_warmup_steps,
+        cfg_dropout=config.cfg_dropout,
+        gen_weight=config.gen_loss_weight,
+    )
+
+
+def sft_loss_summary(history: Sequence[tuple[float, float]]) -> dict[str, float]:
+    """Mean understanding and generation loss of the first and last 10 SFT steps."""
     und_losses = [u for u, _ in history]
     gen_losses = [g for _, g in history]
     return {
@@ -605,8 +633,6 @@ def _sft_phase(
         "und_loss_last_10": _mean(und_losses[-10:]),
         "gen_loss_first_10": _mean(gen_losses[:10]),
         "gen_loss_last_10": _mean(gen_losses[-10:]),
-        "und_prompt_tokens_mean": _mean([len(p) for p in data.und_prompts]),
-        "gen_prompt_tokens_mean": _mean([len(p) for p in data.gen_prompts]),
     }
 
 

@@ -68,18 +68,18 @@ class DimooPretrainConfig(PretrainConfig):
 
 def build(work: Path, config: DimooPretrainConfig) -> dict[str, Any]:
     """Build the base model into `work` (the `.partial` folder `pretrain` renames into place)."""
-    import torch
     from tqdm import tqdm
 
-    from pairuni.shapes.pretrain import REPORT_FILE, ShapesSamples, _Timer, evaluate
+    from pairuni.shapes.pretrain import (
+        ShapesSamples,
+        _Timer,
+        evaluate,
+        finish_report,
+        new_report,
+    )
 
     timer = _Timer()
-    report: dict[str, Any] = {
-        "backend": "dimoo",
-        "settings": config.model_dump(mode="json"),
-        "settings_hash": config.settings_hash(),
-        "complete": False,
-    }
+    report = new_report(config, backend="dimoo")
     with timer.phase("data"):
         samples = ShapesSamples.render(config)
     with timer.phase("vq"):
@@ -94,11 +94,7 @@ def build(work: Path, config: DimooPretrainConfig) -> dict[str, Any]:
         report["eval"] = evaluate(policy, samples, config)
     policy.save(work)
     shutil.rmtree(initial)
-    report["seconds"] = {**timer.seconds, "total": timer.total()}
-    report["threads"] = torch.get_num_threads()
-    report["complete"] = True
-    (work / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return report
+    return finish_report(work, report, timer)
 
 
 def vq_levels(config: PretrainConfig) -> int:
@@ -304,17 +300,10 @@ def answer_text(record: dict[str, Any], config: PretrainConfig) -> str:
 def _sft_phase(policy: Any, samples: Any, config: DimooPretrainConfig, tqdm: Any) -> dict:
     import torch
 
-    from pairuni.shapes.pretrain import _mean
-    from pairuni.shapes.pretrain_lm import SFTSettings, learning_rate_at
+    from pairuni.shapes.pretrain import sft_loss_summary, sft_settings
+    from pairuni.shapes.pretrain_lm import learning_rate_at
 
-    settings = SFTSettings(
-        steps=config.sft_steps,
-        batch_size=config.sft_batch_size,
-        learning_rate=config.sft_learning_rate,
-        warmup_steps=config.sft_warmup_steps,
-        cfg_dropout=config.cfg_dropout,
-        gen_weight=config.gen_loss_weight,
-    )
+    settings = sft_settings(config)
     backbone = policy.model.backbone
     params = [p for p in backbone.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
@@ -343,14 +332,7 @@ def _sft_phase(policy: Any, samples: Any, config: DimooPretrainConfig, tqdm: Any
             if step % 10 == 0:
                 bar.set_postfix(und=f"{history[-1][0]:.3f}", gen=f"{history[-1][1]:.3f}")
     backbone.eval()
-    und_losses = [a for a, _ in history]
-    gen_losses = [b for _, b in history]
-    return {
-        "und_loss_first_10": _mean(und_losses[:10]),
-        "und_loss_last_10": _mean(und_losses[-10:]),
-        "gen_loss_first_10": _mean(gen_losses[:10]),
-        "gen_loss_last_10": _mean(gen_losses[-10:]),
-    }
+    return sft_loss_summary(history)
 
 
 def _und_loss(policy: Any, samples: Any, und: list, answers: list, rows: list, generator: Any):
