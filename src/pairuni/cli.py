@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 
 from pairuni import __version__
-from pairuni.cliutils import ConfigOption, SetOption, fail, load_config_or_exit
+from pairuni.cliutils import BaseSetOption, ConfigOption, SetOption, fail, load_config_or_exit
 from pairuni.eval.cli import eval_app
 from pairuni.pairing.cli import pairs_app
 from pairuni.policy import cli as policy_cli
 from pairuni.rewards.cli import reward_server
-from pairuni.shapes.cli import shapes_app
+from pairuni.shapes.cli import demo_settings_or_exit, shapes_app
 from pairuni.training import cli as training_cli
 
 PIPELINE = "The pipeline"
@@ -61,6 +61,7 @@ def demo(
         bool, typer.Option("--fresh", help="Delete OUT first instead of resuming what is there.")
     ] = False,
     set_: SetOption = None,
+    base_set: BaseSetOption = None,
 ) -> None:
     """PairGRPO end to end on ShapesWorld: data, pairs, base model, training, before/after report.
 
@@ -73,12 +74,12 @@ def demo(
     from pairuni.config import ConfigError
     from pairuni.data.errors import DataError
     from pairuni.rewards.base import RewardError
-    from pairuni.shapes.demo import DemoSettings, run_demo
+    from pairuni.shapes.demo import run_demo
     from pairuni.training.trainer import TrainingSetupError
 
+    settings = demo_settings_or_exit(quick, None, base_set)
     if fresh and out.exists():
         shutil.rmtree(out)
-    settings = DemoSettings.quick_run() if quick else DemoSettings()
     try:
         state = run_demo(out, settings, set_ or [], echo=typer.echo)
     except (ConfigError, DataError, RewardError, TrainingSetupError) as err:

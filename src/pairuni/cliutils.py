@@ -14,6 +14,15 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="YAML config file; see docs/config.md for every key."),
 ]
+BaseSetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--base-set",
+        help="A setting of the ShapesWorld base model, e.g. --base-set sft_steps=4000 "
+        "(repeatable; PretrainConfig's keys): builds and caches that base model instead.",
+    ),
+]
+
 SetOption = Annotated[
     list[str] | None,
     typer.Option(

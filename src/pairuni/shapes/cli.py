@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pairuni.cliutils import SetOption, fail
+from pairuni.cliutils import BaseSetOption, SetOption, fail
 
 ThreadsOption = Annotated[
     int | None,
@@ -33,6 +33,27 @@ def set_threads(threads: int | None) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def demo_settings_or_exit(quick: bool, steps: int | None, base_set: list[str] | None) -> Any:
+    """The DemoSettings of a demo / ablation / sweep: quick or full sizes, `--steps`, the base
+    model's `--base-set` items (checked now, so a bad key exits before anything runs)."""
+    from dataclasses import replace
+
+    from pairuni.config import ConfigError
+    from pairuni.shapes.demo import DemoSettings
+
+    if steps is not None and steps < 1:
+        fail(f"--steps {steps} must be at least 1")
+    settings = DemoSettings.quick_run() if quick else DemoSettings()
+    settings = replace(settings, base_overrides=tuple(base_set or ()))
+    if steps is not None:
+        settings = replace(settings, max_steps=steps)
+    try:
+        settings.pretrain_config()
+    except ConfigError as err:
+        fail(f"--base-set: {err}")
+    return settings
 
 
 shapes_app = typer.Typer(
@@ -158,12 +179,22 @@ def shapes_pretrain(
             "Lumina-DiMOO's released layout)."
         ),
     ] = "janus",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-s",
+            help="Change one setting, e.g. --set sft_steps=4000 (repeatable; YAML values; "
+            "the keys are PretrainConfig's, docs/shapes.md).",
+        ),
+    ] = None,
 ) -> None:
     """Build the ShapesWorld base model: VQ tokenizer + SFT on both tasks, then evaluate it.
 
     The result is cached: a second call with the same settings returns at once.
     """
 
+    from pairuni.config import ConfigError
     from pairuni.shapes.pretrain import PretrainConfig, pretrain
     from pairuni.shapes.pretrain_dimoo import DimooPretrainConfig
 
@@ -171,8 +202,10 @@ def shapes_pretrain(
     kinds = {"janus": PretrainConfig, "dimoo": DimooPretrainConfig}
     if backend not in kinds:
         fail(f"--backend {backend!r}: use janus or dimoo")
-    kind = kinds[backend]
-    config = kind.quick(seed=seed) if quick else kind(seed=seed)
+    try:
+        config = kinds[backend].from_overrides(set_ or [], quick=quick, seed=seed)
+    except ConfigError as err:
+        fail(str(err))
     try:
         report = pretrain(out, config, force=force)
     except FileExistsError as err:
@@ -247,6 +280,7 @@ def shapes_ablate(
         ),
     ] = False,
     set_: SetOption = None,
+    base_set: BaseSetOption = None,
 ) -> None:
     """The ablation; its --help text is ABLATE_HELP."""
     import shutil
@@ -261,9 +295,7 @@ def shapes_ablate(
         check_user_overrides,
         run_ablation,
         run_config,
-        with_steps,
     )
-    from pairuni.shapes.demo import DemoSettings
     from pairuni.training.trainer import TrainingSetupError
 
     names = list(DEFAULT_SETTINGS) if settings is None else [s.strip() for s in settings.split(",")]
@@ -275,13 +307,11 @@ def shapes_ablate(
         fail(str(err))
     if seeds < 1:
         fail(f"--seeds {seeds} must be at least 1")
-    if steps is not None and steps < 1:
-        fail(f"--steps {steps} must be at least 1")
+    demo_settings = demo_settings_or_exit(quick, steps, base_set)
     set_threads(threads)
     if fresh and out.exists():
         shutil.rmtree(out)
-    demo_settings = with_steps(DemoSettings.quick_run() if quick else DemoSettings(), steps)
-    command = _ablate_command(out, seeds, names, steps, quick, set_ or [])
+    command = _ablate_command(out, seeds, names, steps, quick, set_ or [], base_set or [])
     try:
         run_ablation(
             out,
@@ -304,7 +334,13 @@ def shapes_ablate(
 
 
 def _ablate_command(
-    out: Path, seeds: int, names: list[str], steps: int | None, quick: bool, sets: list[str]
+    out: Path,
+    seeds: int,
+    names: list[str],
+    steps: int | None,
+    quick: bool,
+    sets: list[str],
+    base_sets: list[str],
 ) -> str:
     """The canonical command line that reproduces this ablation."""
     import shlex
@@ -315,6 +351,8 @@ def _ablate_command(
     parts += ["--quick"] if quick else []
     for item in sets:
         parts += ["--set", item]
+    for item in base_sets:
+        parts += ["--base-set", item]
     return shlex.join(parts)
 
 
@@ -356,20 +394,20 @@ def shapes_sweep(
     cache_dir: CacheDirOption = Path(".cache/pairuni"),
     threads: ThreadsOption = None,
     set_: SetOption = None,
+    base_set: BaseSetOption = None,
 ) -> None:
     """The recipe sweep; its --help text is SWEEP_HELP."""
     from pairuni.config import ConfigError
     from pairuni.data.errors import DataError
     from pairuni.rewards.base import RewardError
-    from pairuni.shapes.ablate import AblationError, with_steps
-    from pairuni.shapes.demo import DemoSettings
+    from pairuni.shapes.ablate import AblationError
     from pairuni.shapes.sweep import run_sweep
     from pairuni.training.trainer import TrainingSetupError
 
     if seeds < 1:
         fail(f"--seeds {seeds} must be at least 1")
+    demo_settings = demo_settings_or_exit(quick, steps, base_set)
     set_threads(threads)
-    demo_settings = with_steps(DemoSettings.quick_run() if quick else DemoSettings(), steps)
     try:
         sweep = run_sweep(
             out,

@@ -47,6 +47,9 @@ class DemoSettings:
     eval_split: str = "test"
     """`test` (the held-out records every reported score uses) or `validation` (other records
     of the same size, for choosing a recipe: `pairuni shapes sweep`)."""
+    base_overrides: tuple[str, ...] = ()
+    """"key=value" settings of the base model (`PretrainConfig`, `--base-set`): another base
+    model is built (and cached under its own settings hash) instead of the default one."""
 
     def __post_init__(self) -> None:
         if self.eval_split not in SPLIT_SEEDS:
@@ -62,7 +65,18 @@ class DemoSettings:
         fields = asdict(self)
         if fields["eval_split"] == "test":
             del fields["eval_split"]
+        if fields["base_overrides"]:
+            fields["base_overrides"] = list(fields["base_overrides"])
+        else:
+            del fields["base_overrides"]
         return fields
+
+    def pretrain_config(self) -> Any:
+        """The base model's settings: the defaults (quick ones for the quick run) with
+        `base_overrides` applied (a bad key raises ConfigError)."""
+        from pairuni.shapes.pretrain import PretrainConfig
+
+        return PretrainConfig.from_overrides(self.base_overrides, quick=self.quick)
 
     @classmethod
     def quick_run(cls) -> DemoSettings:
@@ -231,9 +245,9 @@ def _with_pairing_overrides(pc: Any, items: Sequence[str]) -> Any:
 
 def make_base_model(cache: Path, settings: DemoSettings) -> dict[str, Any]:
     """The ShapesWorld base model, built once per settings hash under `cache/shapes-base`."""
-    from pairuni.shapes.pretrain import PretrainConfig, pretrain
+    from pairuni.shapes.pretrain import pretrain
 
-    config = PretrainConfig.quick() if settings.quick else PretrainConfig()
+    config = settings.pretrain_config()
     path = cache / "shapes-base" / config.settings_hash()
     report = pretrain(path, config)
     return {

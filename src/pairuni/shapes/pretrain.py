@@ -200,6 +200,34 @@ class PretrainConfig(Section):
         }
         return cls(**{**values, **overrides})
 
+    @classmethod
+    def from_overrides(
+        cls, overrides: Sequence[str] = (), *, quick: bool = False, **fixed: Any
+    ) -> PretrainConfig:
+        """The defaults (`quick()`'s with `quick`) and `fixed`, then "key=value" items in the
+        `--set` syntax (keys of this section, YAML values: `sft_steps=4000`). A bad key or value
+        raises `ConfigError` naming it and the fix."""
+        from pydantic import ValidationError
+
+        from pairuni.config import ConfigError, format_validation_error, parse_override
+
+        base = cls.quick(**fixed) if quick else cls(**fixed)
+        raw = base.model_dump(mode="json")
+        keys: set[str] = set()
+        for item in overrides:
+            key, value = parse_override(item)
+            if "." in key:
+                raise ConfigError(
+                    f"--set {item!r}: the base model's keys have no sections (e.g. "
+                    "sft_steps=4000); the fields are PretrainConfig's (docs/shapes.md)"
+                )
+            raw[key] = value
+            keys.add(key)
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, cls, "the defaults", keys)) from None
+
     def builder(self) -> Any:
         """What builds the model into a work folder: `(work, config) -> report`."""
         return _build
