@@ -14,7 +14,7 @@ from pairuni.cli import app
 from pairuni.policy.dimoo.ids import RELEASED
 from pairuni.policy.dimoo.model import backend_of, load_vq
 from pairuni.policy.dimoo.policy import DimooPolicy
-from pairuni.rewards.understanding import mc_accuracy
+from pairuni.rewards.understanding import format_reward, mc_accuracy
 from pairuni.shapes.build import understanding_record
 from pairuni.shapes.pretrain import REPORT_FILE, ShapesSamples, pretrain
 from pairuni.shapes.pretrain_dimoo import (
@@ -95,28 +95,51 @@ def test_stored_codebook_makes_diffusers_quantiser_pick_the_trained_code(
     assert torch.equal(diffusers_codes, cosine_codes)
 
 
-def test_answers_are_think_then_option_text_and_score_as_correct(built: tuple[Path, dict]) -> None:
+def test_answers_round_trip_through_the_layout_and_score_format_and_accuracy(
+    built: tuple[Path, dict],
+) -> None:
+    """The SFT target of an answer, decoded as a rollout's reply, is the Janus completion
+    `<think>..</think><answer>option</answer>`: DiMOO's special answer tags are kept as tags,
+    so the `format` reward scores 1 (it scored 0 on every DiMOO reply before) and
+    `mc_accuracy` reads the option."""
     out, _ = built
     policy = load_policy(out, QUICK)
-    tokenizer = policy.model.tokenizer
+    tokenizer, ids = policy.model.tokenizer, policy.ids
     record = understanding_record(3, 11)
     answer = answer_text(record, QUICK)
     option = record["options"]["ABCD".index(record["answer"])]
-    assert answer.startswith(THINK_OPEN) and answer.endswith(f"{THINK_CLOSE}{option}")
-    assert "<answer>" not in answer  # DiMOO's layout adds its own special <answer> tokens
+    assert answer.startswith(THINK_OPEN) and answer.endswith(
+        f"{THINK_CLOSE}<answer>{option}</answer>"
+    )
     for tag in (THINK_OPEN, THINK_CLOSE):  # whole tokens that decode as text
-        ids = tokenizer(tag, add_special_tokens=False)["input_ids"]
-        assert len(ids) == 1 and tokenizer.decode(ids, skip_special_tokens=True) == tag
-    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-    decoded = tokenizer.decode(ids, skip_special_tokens=True)
-    assert decoded == answer
+        tag_ids = tokenizer(tag, add_special_tokens=False)["input_ids"]
+        assert len(tag_ids) == 1 and tokenizer.decode(tag_ids, skip_special_tokens=True) == tag
+    samples = ShapesSamples.render(QUICK)
+    from PIL import Image
+
+    image = Image.fromarray(samples.und_images[0])
+    target = policy.target_text([image], [record["question"]], [answer], [record["options"]])
+    row = target.completion_ids[0].tolist()
+    assert ids.answer_start in row and row.index(ids.answer_start) > 0  # opened after the think
+    assert row.count(ids.answer_end) == 1
+    # a reply as the sampler returns it: committed up to and including the first stop
+    mask = torch.zeros_like(target.completion_ids)
+    mask[0, : row.index(ids.answer_end) + 1] = 1
+    (reply,) = policy._decode_answers(target.completion_ids, mask)
+    assert reply == answer
+    assert format_reward([record["question"]], [reply]) == [1.0]
     score = mc_accuracy(
         [record["question"]],
-        [decoded],
+        [reply],
         und_options=[record["options"]],
         und_answer=[record["answer"]],
     )
     assert score == [1.0]
+    # a reply that never opens an answer is decoded as written (the format reward rejects it)
+    no_open = [t for t in row if t != ids.answer_start]
+    (plain,) = policy._decode_answers(torch.tensor([no_open]), torch.ones(1, len(no_open)))
+    assert plain == answer.replace("<answer>", "").replace("</answer>", "")
+    assert format_reward([record["question"]], [plain]) == [0.0]
 
 
 def test_second_build_is_cached(built: tuple[Path, dict]) -> None:

@@ -27,11 +27,14 @@ Phases (timings, losses and scores go to `pretrain.json`, as for Janus):
    policy's rollouts (`evaluate`), then save in the released layout.
 
 The understanding image reaches DiMOO as VQ codes (it has no separate vision encoder), and an
-answer is `<think>objects</think>option text` inside DiMOO's `<answer>` block.
+answer is `<think>objects</think><answer>option text</answer>` inside DiMOO's answer block:
+the same completion as the Janus base model's, its answer tags DiMOO's special tokens (what
+`pairuni sft` trains from a PairUG file too), which the policy decodes back to the tags.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -61,6 +64,17 @@ class DimooPretrainConfig(PretrainConfig):
 
     def builder(self) -> Any:
         return build
+
+    def settings_hash(self) -> str:
+        """The cache key, with this build's own version beside the shared one (DIMOO_VERSION
+        changes rebuild DiMOO base models only)."""
+        payload = json.dumps([DIMOO_VERSION, super().settings_hash()])
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+DIMOO_VERSION = 2
+"""2: SFT answers keep `<answer>` before the option text (1 had none, and the `format` reward
+could not score the replies)."""
 
 
 # ----------------------------------------------------------------------------- the build
@@ -286,15 +300,15 @@ def load_policy(path: Path, config: DimooPretrainConfig) -> Any:
 
 
 def answer_text(record: dict[str, Any], config: PretrainConfig) -> str:
-    """The SFT answer inside DiMOO's `<answer>` block: the Janus base model's completion
-    without its answer tags (DiMOO's layout has them as special tokens)."""
+    """The SFT answer inside DiMOO's answer block: the Janus base model's completion. Its
+    `<answer>` and `</answer>` encode to DiMOO's special tokens: the model learns to open the
+    answer after its think, and `answer_targets` ends the reply with the `</answer>` there."""
     from pairuni.shapes.pretrain import _think_scene
-    from pairuni.shapes.pretrain_lm import ANSWER_CLOSE, ANSWER_OPEN, completion_text
+    from pairuni.shapes.pretrain_lm import completion_text
 
-    text = completion_text(
+    return completion_text(
         record["options"], record["answer"], _think_scene(record, config), config.answer_style
     )
-    return text.replace(ANSWER_OPEN, "").replace(ANSWER_CLOSE, "")
 
 
 def _sft_phase(policy: Any, samples: Any, config: DimooPretrainConfig, tqdm: Any) -> dict:

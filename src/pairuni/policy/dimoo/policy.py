@@ -378,12 +378,29 @@ class DimooPolicy:
         )
 
     def _decode_answers(self, tokens: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        """The replies as text. A stop (EOS, `</answer>`, answer padding) ends a reply and is
+        not text. An `<answer>` the model writes inside its reply (after its think) is a
+        special token of DiMOO's tokenizer, which decoding would drop; it is kept as the tag
+        and the reply's end closes it, so the rewards read `<think>..</think><answer>..</answer>`
+        as they read Janus's replies (the `format` reward scored 0 on every DiMOO reply
+        before)."""
         stops = {self.ids.eos, self.ids.answer_end, self.ids.answer_pad}
         rows = [
             [int(t) for t, m in zip(row, keep, strict=True) if m and int(t) not in stops]
             for row, keep in zip(tokens.tolist(), mask.tolist(), strict=True)
         ]
-        return self.model.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        return [self._tagged_reply(row) for row in rows]
+
+    def _tagged_reply(self, row: list[int]) -> str:
+        tokenizer, opening = self.model.tokenizer, self.ids.answer_start
+        parts: list[list[int]] = [[]]
+        for token in row:
+            parts.append([]) if token == opening else parts[-1].append(token)
+        texts = tokenizer.batch_decode(parts, skip_special_tokens=True)
+        if len(texts) == 1:
+            return texts[0]
+        open_tag, close_tag = tokenizer.convert_ids_to_tokens([opening, self.ids.answer_end])
+        return texts[0] + "".join(open_tag + text for text in texts[1:]) + close_tag
 
     # ------------------------------------------------------------------ generation
 
