@@ -516,3 +516,27 @@ def test_the_shared_parameter_cosine_is_summarised_beside_the_all_parameter_one(
         {"step": 2, "grad_cosine": None},
     ]
     assert grad_cosines(rows, "grad_cosine_shared") == [0.4]
+
+
+@pytest.mark.slow
+def test_quick_ablation_runs_on_the_masked_diffusion_base_model(tmp_path: Path) -> None:
+    """`--backend dimoo`: the same ablation on a DiMOO base model, in the released layout,
+    trained through the same trainer; the recipe records the backend and its overrides."""
+    from pairuni.policy.dimoo.model import backend_of
+
+    out = tmp_path / "ablate"
+    args = ["shapes", "ablate", "--out", str(out), "--quick", "--seeds", "1", "--threads", "1"]
+    args += ["--settings", "pairgrpo_sqrt", "--backend", "dimoo"]
+    result = runner.invoke(app, [*args, "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["recipe"]["demo_settings"]["backend"] == "dimoo"
+    assert "model.backend=dimoo" in results["recipe"]["overrides"]
+    assert results["command"].endswith("--backend dimoo")
+    assert backend_of(results["base_model"]["path"]) == "dimoo"
+    run = results["runs"]["pairgrpo_sqrt"][0]
+    assert backend_of(run["model"]) == "dimoo"
+    assert run["rewards"]["und"] and run["rewards"]["gen"]
+    # the Janus ablation of the same folder is another recipe: refused, not mixed in
+    again = runner.invoke(app, [*args[:-2], "--cache-dir", str(tmp_path / "cache")])
+    assert again.exit_code == 2 and "another recipe" in again.output

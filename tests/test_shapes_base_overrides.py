@@ -78,3 +78,41 @@ def test_pretrain_cli_builds_with_the_given_settings(tmp_path: Path) -> None:
     report = json.loads((out / "pretrain.json").read_text())
     assert report["settings"]["sft_steps"] == 3
     assert report["settings_hash"] == PretrainConfig.quick(sft_steps=3).settings_hash()
+
+
+def test_the_dimoo_backend_builds_its_own_base_model_and_fits_the_training_config() -> None:
+    from pairuni.shapes.demo import demo_training_config
+
+    settings = replace(DemoSettings.quick_run(), backend="dimoo", base_overrides=("text_steps=4",))
+    base = settings.pretrain_config()
+    assert isinstance(base, DimooPretrainConfig) and base.text_steps == 4
+    cfg = demo_training_config(settings.training_overrides())
+    assert cfg.model.backend == "dimoo" and cfg.model.trainable == ["language_model"]
+    assert cfg.rollout.dimoo.text_steps == 4 and cfg.rollout.dimoo.image_size == base.image_size
+    assert cfg.rollout.max_new_tokens == base.answer_length
+    assert settings.recipe()["backend"] == "dimoo"
+    assert DemoSettings().training_overrides() == [] and "backend" not in DemoSettings().recipe()
+    with pytest.raises(ValueError, match="use janus or dimoo"):
+        DemoSettings(backend="bagel")
+
+
+def test_commands_refuse_an_unknown_backend(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["demo", "--quick", "--backend", "bagel", "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2 and "use janus or dimoo" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_demo_report_names_the_architecture_and_uses_only_its_own_spread() -> None:
+    from pairuni.shapes.report import _html
+
+    results = {"pairs": {"aligned": 3, "retrieved": 4}, "steps": 2, "seconds": {"train": 1.0}}
+    rows = [("MC accuracy (greedy)", 0.30, 0.35)]
+    janus = _html(rows, results, "")
+    dimoo = _html(rows, {**results, "backend": "dimoo"}, "")
+    assert "A tiny Janus (autoregressive)" in janus
+    assert "A tiny Lumina-DiMOO (masked discrete diffusion)" in dimoo
+    assert "One run of one seed" in janus and "2 std" in janus  # the packaged Janus spread
+    assert "One run of one seed" not in dimoo and "2 std" not in dimoo
+    assert "has been measured for" in dimoo

@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 
 from pairuni import __version__
-from pairuni.cliutils import BaseSetOption, ConfigOption, SetOption, fail, load_config_or_exit
+from pairuni.cliutils import (
+    BackendOption,
+    BaseSetOption,
+    ConfigOption,
+    SetOption,
+    fail,
+    load_config_or_exit,
+)
 from pairuni.eval.cli import eval_app
 from pairuni.pairing.cli import pairs_app
 from pairuni.policy import cli as policy_cli
@@ -62,6 +69,7 @@ def demo(
     ] = False,
     set_: SetOption = None,
     base_set: BaseSetOption = None,
+    backend: BackendOption = "janus",
 ) -> None:
     """PairGRPO end to end on ShapesWorld: data, pairs, base model, training, before/after report.
 
@@ -77,7 +85,7 @@ def demo(
     from pairuni.shapes.demo import run_demo
     from pairuni.training.trainer import TrainingSetupError
 
-    settings = demo_settings_or_exit(quick, None, base_set)
+    settings = demo_settings_or_exit(quick, None, base_set, backend)
     if fresh and out.exists():
         shutil.rmtree(out)
     try:

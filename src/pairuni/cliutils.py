@@ -14,6 +14,15 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="YAML config file; see docs/config.md for every key."),
 ]
+BackendOption = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="The ShapesWorld base model's architecture: `janus` (autoregressive) or `dimoo` "
+        "(masked diffusion; RL steps are several times slower on a CPU).",
+    ),
+]
+
 BaseSetOption = Annotated[
     list[str] | None,
     typer.Option(

@@ -551,6 +551,7 @@ def run_ablation(
         raise AblationError(f"seeds must be at least 1 (got {seeds})")
     check_user_overrides(overrides)
     demo_settings = demo_settings or DemoSettings()
+    overrides = [*demo_settings.training_overrides(), *overrides]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = DemoState(out, STATE_FILE)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pairuni.cliutils import BaseSetOption, SetOption, fail
+from pairuni.cliutils import BackendOption, BaseSetOption, SetOption, fail
 
 ThreadsOption = Annotated[
     int | None,
@@ -35,9 +35,12 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def demo_settings_or_exit(quick: bool, steps: int | None, base_set: list[str] | None) -> Any:
+def demo_settings_or_exit(
+    quick: bool, steps: int | None, base_set: list[str] | None, backend: str = "janus"
+) -> Any:
     """The DemoSettings of a demo / ablation / sweep: quick or full sizes, `--steps`, the base
-    model's `--base-set` items (checked now, so a bad key exits before anything runs)."""
+    model's `--backend` and `--base-set` items (checked now, so a bad one exits before
+    anything runs)."""
     from dataclasses import replace
 
     from pairuni.config import ConfigError
@@ -46,7 +49,10 @@ def demo_settings_or_exit(quick: bool, steps: int | None, base_set: list[str] | 
     if steps is not None and steps < 1:
         fail(f"--steps {steps} must be at least 1")
     settings = DemoSettings.quick_run() if quick else DemoSettings()
-    settings = replace(settings, base_overrides=tuple(base_set or ()))
+    try:
+        settings = replace(settings, backend=backend, base_overrides=tuple(base_set or ()))
+    except ValueError as err:
+        fail(f"--backend: {err}")
     if steps is not None:
         settings = replace(settings, max_steps=steps)
     try:
@@ -281,6 +287,7 @@ def shapes_ablate(
     ] = False,
     set_: SetOption = None,
     base_set: BaseSetOption = None,
+    backend: BackendOption = "janus",
 ) -> None:
     """The ablation; its --help text is ABLATE_HELP."""
     import shutil
@@ -307,11 +314,11 @@ def shapes_ablate(
         fail(str(err))
     if seeds < 1:
         fail(f"--seeds {seeds} must be at least 1")
-    demo_settings = demo_settings_or_exit(quick, steps, base_set)
+    demo_settings = demo_settings_or_exit(quick, steps, base_set, backend)
     set_threads(threads)
     if fresh and out.exists():
         shutil.rmtree(out)
-    command = _ablate_command(out, seeds, names, steps, quick, set_ or [], base_set or [])
+    command = _ablate_command(out, seeds, names, steps, quick, set_ or [], base_set or [], backend)
     try:
         run_ablation(
             out,
@@ -341,6 +348,7 @@ def _ablate_command(
     quick: bool,
     sets: list[str],
     base_sets: list[str],
+    backend: str,
 ) -> str:
     """The canonical command line that reproduces this ablation."""
     import shlex
@@ -353,6 +361,7 @@ def _ablate_command(
         parts += ["--set", item]
     for item in base_sets:
         parts += ["--base-set", item]
+    parts += ["--backend", backend] if backend != "janus" else []
     return shlex.join(parts)
 
 
@@ -395,6 +404,7 @@ def shapes_sweep(
     threads: ThreadsOption = None,
     set_: SetOption = None,
     base_set: BaseSetOption = None,
+    backend: BackendOption = "janus",
 ) -> None:
     """The recipe sweep; its --help text is SWEEP_HELP."""
     from pairuni.config import ConfigError
@@ -406,7 +416,7 @@ def shapes_sweep(
 
     if seeds < 1:
         fail(f"--seeds {seeds} must be at least 1")
-    demo_settings = demo_settings_or_exit(quick, steps, base_set)
+    demo_settings = demo_settings_or_exit(quick, steps, base_set, backend)
     set_threads(threads)
     try:
         sweep = run_sweep(

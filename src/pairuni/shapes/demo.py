@@ -32,6 +32,13 @@ that the test split (EVAL_SEED) stays unseen by the choice."""
 SPLIT_SEEDS = {"test": EVAL_SEED, "validation": VALIDATION_SEED}
 
 
+BASE_MODELS = {
+    "janus": "pairuni.shapes.pretrain:PretrainConfig",
+    "dimoo": "pairuni.shapes.pretrain_dimoo:DimooPretrainConfig",
+}
+"""`DemoSettings.backend` -> the settings class of its ShapesWorld base model."""
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     """Sizes of one demo run. `quick()` is the CI smoke run: same stages, toy sizes."""
@@ -47,6 +54,10 @@ class DemoSettings:
     eval_split: str = "test"
     """`test` (the held-out records every reported score uses) or `validation` (other records
     of the same size, for choosing a recipe: `pairuni shapes sweep`)."""
+    backend: str = "janus"
+    """The base model's architecture: `janus` (autoregressive) or `dimoo` (masked diffusion,
+    `pairuni shapes pretrain --backend dimoo`); the training config follows it
+    (`training_overrides`)."""
     base_overrides: tuple[str, ...] = ()
     """"key=value" settings of the base model (`PretrainConfig`, `--base-set`): another base
     model is built (and cached under its own settings hash) instead of the default one."""
@@ -54,6 +65,8 @@ class DemoSettings:
     def __post_init__(self) -> None:
         if self.eval_split not in SPLIT_SEEDS:
             raise ValueError(f"eval_split must be one of {', '.join(SPLIT_SEEDS)}")
+        if self.backend not in BASE_MODELS:
+            raise ValueError(f"backend {self.backend!r}: use {' or '.join(BASE_MODELS)}")
 
     @property
     def eval_seed(self) -> int:
@@ -65,6 +78,8 @@ class DemoSettings:
         fields = asdict(self)
         if fields["eval_split"] == "test":
             del fields["eval_split"]
+        if fields["backend"] == "janus":
+            del fields["backend"]
         if fields["base_overrides"]:
             fields["base_overrides"] = list(fields["base_overrides"])
         else:
@@ -74,9 +89,26 @@ class DemoSettings:
     def pretrain_config(self) -> Any:
         """The base model's settings: the defaults (quick ones for the quick run) with
         `base_overrides` applied (a bad key raises ConfigError)."""
-        from pairuni.shapes.pretrain import PretrainConfig
+        from pairuni.importing import import_object
 
-        return PretrainConfig.from_overrides(self.base_overrides, quick=self.quick)
+        kind = import_object(BASE_MODELS[self.backend])
+        return kind.from_overrides(self.base_overrides, quick=self.quick)
+
+    def training_overrides(self) -> list[str]:
+        """`--set` items that fit demo.yaml (written for the Janus base model) to this backend:
+        for DiMOO, its backend, its one trainable module and the rollout settings its base
+        model was built and evaluated with (image size, answer length, unmasking steps)."""
+        if self.backend == "janus":
+            return []
+        base = self.pretrain_config()
+        return [
+            "model.backend=dimoo",
+            "model.trainable=[language_model]",
+            f"rollout.max_new_tokens={base.answer_length}",
+            f"rollout.dimoo.image_size={base.image_size}",
+            f"rollout.dimoo.text_steps={base.text_steps}",
+            f"rollout.dimoo.image_steps={base.image_steps}",
+        ]
 
     @classmethod
     def quick_run(cls) -> DemoSettings:
@@ -141,7 +173,7 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = DemoState(out)
-    cfg = demo_training_config(overrides)
+    cfg = demo_training_config([*settings.training_overrides(), *overrides])
     if settings.max_steps is not None:
         cfg.train.max_steps = settings.max_steps
     stages: list[tuple[str, Callable[[], Any]]] = [
@@ -252,6 +284,7 @@ def make_base_model(cache: Path, settings: DemoSettings) -> dict[str, Any]:
     report = pretrain(path, config)
     return {
         "path": str(path),
+        "backend": settings.backend,
         "cached": bool(report.get("cached")),
         "seconds": report.get("seconds", {}).get("total"),
     }
@@ -270,10 +303,11 @@ def heldout(settings: DemoSettings) -> tuple[list[dict], list[Any], list[dict]]:
     return und, images, gen
 
 
-def _load_policy(path: str, cfg: Any) -> Any:
-    from pairuni.policy.janus import JanusPolicy
+def load_demo_policy(path: str, cfg: Any) -> Any:
+    """The policy of a base or trained model folder, with the backend its config.json names."""
+    from pairuni.policy.registry import load_policy
 
-    return JanusPolicy.load(path, cfg.model, cfg.rollout)
+    return load_policy(path, cfg.model, cfg.rollout)
 
 
 SAMPLED_EVAL_SEEDS = 3
@@ -288,7 +322,7 @@ def evaluate_model(model_path: str, cfg: Any, settings: DemoSettings) -> dict[st
     while the accuracy of what the policy samples rises (docs/results/shapes.md)."""
     from pairuni.shapes.pretrain import evaluate_generation, evaluate_understanding
 
-    policy = _load_policy(model_path, cfg)
+    policy = load_demo_policy(model_path, cfg)
     und, images, gen = heldout(settings)
     seed = settings.eval_seed
     sampled = [

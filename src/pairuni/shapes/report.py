@@ -90,11 +90,11 @@ def sample_grid(
     import matplotlib.pyplot as plt
     import torch
 
-    from pairuni.policy.janus import JanusPolicy
+    from pairuni.policy.registry import load_policy
 
     columns = {}
     for name, model in (("base", base_model), ("trained", trained_model)):
-        policy = JanusPolicy.load(model, cfg.model, cfg.rollout)
+        policy = load_policy(model, cfg.model, cfg.rollout)
         generator = torch.Generator().manual_seed(SAMPLE_SEED)
         columns[name] = policy.rollout_image(
             prompts, SAMPLE_IMAGES_PER_PROMPT, generator=generator
@@ -216,6 +216,7 @@ def write_demo_report(
         "after": after,
         "pairs": state["pairs"]["result"],
         "steps": train["steps"],
+        "backend": state["base_model"]["result"].get("backend", "janus"),
         "seconds": {k: v["seconds"] for k, v in state.items() if "seconds" in v},
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -223,8 +224,16 @@ def write_demo_report(
     return {"dir": str(out), "table": [list(r) for r in rows]}
 
 
+ARCHITECTURES = {
+    "janus": "Janus (autoregressive)",
+    "dimoo": "Lumina-DiMOO (masked discrete diffusion)",
+}
+
+
 def _html(rows: list[tuple[str, float, float]], results: dict[str, Any], config: str) -> str:
-    spread = seed_spread()
+    backend = results.get("backend", "janus")
+    # the packaged spread was measured on the Janus base model; another backend has none yet
+    spread = seed_spread() if backend == "janus" else None
     stds = spread["std"] if spread else {}
 
     def row(name: str, a: float, b: float) -> str:
@@ -241,7 +250,7 @@ def _html(rows: list[tuple[str, float, float]], results: dict[str, Any], config:
         )
 
     cells = "\n".join(row(*r) for r in rows)
-    reading = _reading(spread)
+    reading = _reading(spread, backend)
     pairs = results["pairs"]
     seconds = ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in results["seconds"].items())
     return f"""<!doctype html>
@@ -251,7 +260,8 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;te
 td:first-child{{text-align:left}}.up{{color:#080}}.down{{color:#b00}}img{{max-width:100%}}
 pre{{background:#f6f6f6;padding:8px;font-size:12px}}</style></head><body>
 <h1>PairGRPO on ShapesWorld</h1>
-<p>A tiny Janus (the ShapesWorld base model) trained for {results["steps"]} PairGRPO steps on
+<p>A tiny {ARCHITECTURES[backend]} (the ShapesWorld base model) trained for
+{results["steps"]} PairGRPO steps on
 {pairs["aligned"]} aligned and {pairs["retrieved"]} retrieved understanding-generation pairs.
 Scores are on held-out samples: multiple-choice accuracy of greedy answers, and the
 GenEval-style score of images sampled at CFG 5 (one per prompt), read by the exact ShapesWorld
@@ -268,8 +278,14 @@ detector. Stage times: {html.escape(seconds)}.</p>
 """
 
 
-def _reading(spread: dict[str, Any] | None) -> str:
+def _reading(spread: dict[str, Any] | None, backend: str = "janus") -> str:
     """What the table can and cannot show, in plain words."""
+    if backend != "janus":
+        return (
+            f"No seed-to-seed spread has been measured for the {ARCHITECTURES[backend]} base "
+            "model yet (the packaged one is the Janus base model's), so the table cannot say "
+            "which changes exceed what another seed would give."
+        )
     if spread is None:
         return (
             "No seed-to-seed spread is packaged with this install, so the table cannot say "
