@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pairuni.rewards.understanding import answer_region, mc_accuracy, parse_choice
-from pairuni.shapes.demo import DemoSettings, _load_policy, demo_training_config, heldout
+from pairuni.shapes.demo import DemoSettings, demo_training_config, heldout, load_demo_policy
 from pairuni.shapes.scene import Scene
 
 _THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
@@ -89,7 +89,7 @@ def model_replies(path: str, records: Sequence[dict], images: Sequence, greedy: 
     import torch
     from PIL import Image
 
-    policy = _load_policy(path, demo_training_config())
+    policy = load_demo_policy(path, demo_training_config())
     generator = torch.Generator().manual_seed(0)
     replies: list[str] = []
     for start in range(0, len(records), 64):
