@@ -16,7 +16,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -744,8 +744,3 @@ def _atomic_write(path: Path, text: str) -> None:
 
     with atomic_output(path) as temp:
         temp.write_text(text, encoding="utf-8")
-
-
-def with_steps(settings: DemoSettings, steps: int | None) -> DemoSettings:
-    """`settings` with `max_steps` replaced when `steps` is given."""
-    return settings if steps is None else replace(settings, max_steps=steps)
