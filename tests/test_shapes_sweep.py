@@ -61,6 +61,35 @@ def test_the_chosen_point_improves_everything_it_trains() -> None:
     assert "| **0.0001** | 0.04 |" in table and "0.430 ± 0.010 (+0.030)" in table
 
 
+def test_gains_carry_a_paired_interval_over_seeds_and_items() -> None:
+    data = results(0.875, 0.5, 0.1)
+    base_items = [0.0, 1.0, 0.0, 1.0]  # sampled accuracy 0.5 on four items
+    seeds = [[1.0, 1.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]]  # 0.75 and 1.0: mean 0.875
+    same = [list(base_items), list(base_items)]
+    data["base"].update(mc_accuracy_sampled=stat(0.5), mc_accuracy=stat(0.5))
+    data["base_evaluation"] = {
+        "understanding_sampled": {"items": base_items},
+        "understanding": {"items": base_items},
+    }
+    data["runs"] = {
+        "understanding_only": [
+            {"evaluation": {"understanding_sampled": {"items": s}, "understanding": {"items": u}}}
+            for s, u in zip(seeds, same, strict=True)
+        ],
+        "generation_only": [{"evaluation": {}}],  # no per-item scores: no interval
+    }
+    point = point_summary(1e-4, 0.0, data)
+    sampled = point["metrics"]["understanding_only/mc_accuracy_sampled"]["gain_interval"]
+    assert sampled["estimate"] == pytest.approx(0.375)
+    assert sampled["low"] <= 0.375 <= sampled["high"] and sampled["high"] <= 1.0
+    assert sampled["low"] >= 0  # every seed is at least as good on every item
+    greedy = point["metrics"]["understanding_only/mc_accuracy"]["gain_interval"]
+    assert greedy == {"estimate": 0.0, "low": 0.0, "high": 0.0}  # the base model's own items
+    assert point["metrics"]["generation_only/geneval_overall"]["gain_interval"] is None
+    table = render_sweep({"seeds": 2, "points": [point], "chosen": point["name"]})
+    assert f"(+0.375 [{sampled['low']:+.3f}, {sampled['high']:+.3f}])" in table
+
+
 def test_the_validation_split_shares_no_record_with_the_test_split() -> None:
     test = DemoSettings.quick_run()
     validation = replace(test, eval_split="validation")

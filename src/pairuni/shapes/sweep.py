@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ def point_summary(learning_rate: float, beta: float, results: dict[str, Any]) ->
                 **stat,
                 "base": base[key]["mean"],
                 "gain": stat["mean"] - base[key]["mean"],
+                "gain_interval": gain_interval(results, setting, key),
             }
     return {
         "name": point_name(learning_rate, beta),
@@ -74,6 +75,25 @@ def point_summary(learning_rate: float, beta: float, results: dict[str, Any]) ->
         "metrics": metrics,
         "worst_gain": min(m["gain"] for m in metrics.values()),
     }
+
+
+def gain_interval(results: dict[str, Any], setting: str, metric: str) -> dict[str, Any] | None:
+    """The gain of `setting` over the base model on `metric` with its 95 % interval: the same
+    held-out items drawn for both, the setting's seeds drawn apart (`paired_difference`; the
+    base model is one run). None when an evaluation lacks per-item scores (older folders)."""
+    from pairuni.shapes.ablate import INTERVAL_METRICS, _item_runs
+    from pairuni.shapes.ablate_stats import paired_difference
+
+    key, group_key = INTERVAL_METRICS[metric]
+    runs = results.get("runs", {}).get(setting)
+    if not runs or "base_evaluation" not in results:
+        return None
+    items = _item_runs(runs, key)
+    base = _item_runs([{"evaluation": results["base_evaluation"]}], key)
+    if items is None or base is None:
+        return None
+    groups = runs[0]["evaluation"][key].get(group_key) if group_key else None
+    return asdict(paired_difference(items, base, groups))
 
 
 def choose(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -128,7 +148,8 @@ def render_sweep(sweep: dict[str, Any]) -> str:
         "# ShapesWorld recipe sweep (`pairuni shapes sweep`)",
         "",
         f"Validation split, {sweep['seeds']} seeds per point; mean ± sample std over seeds, "
-        "(gain over the base model). Chosen: the point whose smallest gain is largest "
+        "(gain over the base model [its 95 % interval: percentile bootstrap over seeds and "
+        "the same held-out items]). Chosen: the point whose smallest gain is largest "
         f"(**{sweep['chosen']}**).",
         "",
         "| learning rate | beta | " + " | ".join(keys) + " | smallest gain |",
@@ -136,7 +157,7 @@ def render_sweep(sweep: dict[str, Any]) -> str:
     ]
     for point in sweep["points"]:
         cells = [
-            f"{Stat(m['mean'], m['std'], m['n']).format()} ({m['gain']:+.3f})"
+            f"{Stat(m['mean'], m['std'], m['n']).format()} ({m['gain']:+.3f}{_bracket(m)})"
             for m in (point["metrics"][k] for k in keys)
         ]
         mark = "**" if point["name"] == sweep["chosen"] else ""
@@ -146,3 +167,8 @@ def render_sweep(sweep: dict[str, Any]) -> str:
             + f" | {point['worst_gain']:+.3f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _bracket(metric: dict[str, Any]) -> str:
+    interval = metric.get("gain_interval")
+    return f" [{interval['low']:+.3f}, {interval['high']:+.3f}]" if interval else ""
