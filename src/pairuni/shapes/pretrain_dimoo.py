@@ -315,36 +315,29 @@ def _sft_phase(policy: Any, samples: Any, config: DimooPretrainConfig, tqdm: Any
     import torch
 
     from pairuni.shapes.pretrain import sft_loss_summary, sft_settings
-    from pairuni.shapes.pretrain_lm import learning_rate_at
+    from pairuni.shapes.pretrain_lm import sft_steps
 
     settings = sft_settings(config)
     backbone = policy.model.backbone
     params = [p for p in backbone.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed + 1)
     und = samples.und[: samples.n_und_train]
     gen = samples.gen[: samples.n_gen_train]
     answers = [answer_text(r, config) for r in und]
-    history = []
+
+    def losses(u: list[int], g: list[int], drop: list[bool]) -> tuple[Any, Any]:
+        und_loss = _und_loss(policy, samples, und, answers, u, generator)
+        return und_loss, _gen_loss(policy, samples, gen, g, drop, generator)
+
     backbone.train()
     with tqdm(total=settings.steps, desc="SFT", unit="step") as bar:
-        for step in range(settings.steps):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(step, settings)
-            u = torch.randint(0, len(und), (settings.batch_size,), generator=generator).tolist()
-            g = torch.randint(0, len(gen), (settings.batch_size,), generator=generator).tolist()
-            drop = torch.rand(settings.batch_size, generator=generator) < settings.cfg_dropout
-            und_loss = _und_loss(policy, samples, und, answers, u, generator)
-            gen_loss = _gen_loss(policy, samples, gen, g, drop.tolist(), generator)
-            loss = und_loss + settings.gen_weight * gen_loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            history.append((und_loss.item(), gen_loss.item()))
+
+        def on_step(step: int, und_loss: float, gen_loss: float) -> None:
             bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(und=f"{history[-1][0]:.3f}", gen=f"{history[-1][1]:.3f}")
+            if (step - 1) % 10 == 0:
+                bar.set_postfix(und=f"{und_loss:.3f}", gen=f"{gen_loss:.3f}")
+
+        history = sft_steps(params, settings, (len(und), len(gen)), generator, losses, on_step)
     backbone.eval()
     return sft_loss_summary(history)
 

@@ -327,17 +327,8 @@ def train_sft(
     Batches are drawn with replacement from `generator`; a `cfg_dropout` share of generation
     rows (drawn from the same generator) use the unconditional prompt.
     """
-    params = trainable_parameters(model)
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
-    model.train()
-    history = []
-    n_und, n_gen = len(data.und_prompts), len(data.gen_prompts)
-    for step in range(settings.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(step, settings)
-        u = torch.randint(0, n_und, (settings.batch_size,), generator=generator).tolist()
-        g = torch.randint(0, n_gen, (settings.batch_size,), generator=generator).tolist()
-        drop = torch.rand(settings.batch_size, generator=generator) < settings.cfg_dropout
+
+    def losses(u: list[int], g: list[int], drop: list[bool]) -> tuple[Any, Any]:
         und = understanding_loss(
             model,
             [data.und_prompts[i] for i in u],
@@ -346,10 +337,43 @@ def train_sft(
             pad_id,
         )
         gen_prompts = [
-            data.gen_uncond[i] if d else data.gen_prompts[i]
-            for i, d in zip(g, drop.tolist(), strict=True)
+            data.gen_uncond[i] if d else data.gen_prompts[i] for i, d in zip(g, drop, strict=True)
         ]
-        gen = generation_loss(model, gen_prompts, data.gen_codes[g], pad_id)
+        return und, generation_loss(model, gen_prompts, data.gen_codes[g], pad_id)
+
+    model.train()
+    sizes = (len(data.und_prompts), len(data.gen_prompts))
+    history = sft_steps(trainable_parameters(model), settings, sizes, generator, losses, on_step)
+    model.eval()
+    return history
+
+
+SFTLosses = Callable[[list[int], list[int], list[bool]], tuple[torch.Tensor, torch.Tensor]]
+"""(understanding rows, generation rows, unconditional flags) -> the two losses of a batch."""
+
+
+def sft_steps(
+    params: list[torch.nn.Parameter],
+    settings: SFTSettings,
+    sizes: tuple[int, int],
+    generator: torch.Generator,
+    losses: SFTLosses,
+    on_step: Callable[[int, float, float], None] | None = None,
+) -> list[tuple[float, float]]:
+    """The SFT loop both base models share: per step the scheduled learning rate, rows of the
+    `sizes` understanding / generation samples drawn with replacement and the CFG-dropout
+    flags (in that order, from `generator`), `losses` of them, their sum with `gen_weight`,
+    clipping at 1 and an AdamW step. Returns (understanding, generation) loss per step."""
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
+    history = []
+    n_und, n_gen = sizes
+    for step in range(settings.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, settings)
+        u = torch.randint(0, n_und, (settings.batch_size,), generator=generator).tolist()
+        g = torch.randint(0, n_gen, (settings.batch_size,), generator=generator).tolist()
+        drop = torch.rand(settings.batch_size, generator=generator) < settings.cfg_dropout
+        und, gen = losses(u, g, drop.tolist())
         loss = und + settings.gen_weight * gen
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -358,5 +382,4 @@ def train_sft(
         history.append((und.item(), gen.item()))
         if on_step is not None:
             on_step(step + 1, *history[-1])
-    model.eval()
     return history
