@@ -201,15 +201,16 @@ def shapes_pretrain(
     """
 
     from pairuni.config import ConfigError
-    from pairuni.shapes.pretrain import PretrainConfig, pretrain
-    from pairuni.shapes.pretrain_dimoo import DimooPretrainConfig
+    from pairuni.importing import import_object
+    from pairuni.shapes.demo import BASE_MODELS
+    from pairuni.shapes.pretrain import pretrain
 
     set_threads(threads)
-    kinds = {"janus": PretrainConfig, "dimoo": DimooPretrainConfig}
-    if backend not in kinds:
-        fail(f"--backend {backend!r}: use janus or dimoo")
+    if backend not in BASE_MODELS:
+        fail(f"--backend {backend!r}: use {' or '.join(BASE_MODELS)}")
     try:
-        config = kinds[backend].from_overrides(set_ or [], quick=quick, seed=seed)
+        kind = import_object(BASE_MODELS[backend])
+        config = kind.from_overrides(set_ or [], quick=quick, seed=seed)
     except ConfigError as err:
         fail(str(err))
     try:
