@@ -395,7 +395,10 @@ class DimooPolicy:
         tokenizer, opening = self.model.tokenizer, self.ids.answer_start
         parts: list[list[int]] = [[]]
         for token in row:
-            parts.append([]) if token == opening else parts[-1].append(token)
+            if token == opening:
+                parts.append([])
+            else:
+                parts[-1].append(token)
         texts = tokenizer.batch_decode(parts, skip_special_tokens=True)
         if len(texts) == 1:
             return texts[0]
