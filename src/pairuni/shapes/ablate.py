@@ -277,7 +277,7 @@ INTERVAL_METRICS = {
 """metric -> (evaluation key holding per-item `items`, the key of its group labels or None)."""
 
 
-def _item_runs(runs: Sequence[dict[str, Any]], key: str) -> list[list[float]] | None:
+def item_runs(runs: Sequence[dict[str, Any]], key: str) -> list[list[float]] | None:
     """Per-run item scores of one evaluation, or None when a run lacks them (older results:
     `--reevaluate` adds them)."""
     found = [r["evaluation"].get(key, {}).get("items") for r in runs]
@@ -290,13 +290,13 @@ def score_intervals(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     from pairuni.shapes.ablate_stats import bootstrap_interval, paired_difference
 
     baselines = {
-        key: _item_runs(runs.get(BASELINE_SETTING, []), key) for key, _ in INTERVAL_METRICS.values()
+        key: item_runs(runs.get(BASELINE_SETTING, []), key) for key, _ in INTERVAL_METRICS.values()
     }
     out: dict[str, Any] = {}
     for name, setting_runs in runs.items():
         out[name] = {}
         for metric, (key, group_key) in INTERVAL_METRICS.items():
-            items = _item_runs(setting_runs, key)
+            items = item_runs(setting_runs, key)
             if items is None:
                 continue
             groups = setting_runs[0]["evaluation"][key].get(group_key) if group_key else None

@@ -81,15 +81,15 @@ def gain_interval(results: dict[str, Any], setting: str, metric: str) -> dict[st
     """The gain of `setting` over the base model on `metric` with its 95 % interval: the same
     held-out items drawn for both, the setting's seeds drawn apart (`paired_difference`; the
     base model is one run). None when an evaluation lacks per-item scores (older folders)."""
-    from pairuni.shapes.ablate import INTERVAL_METRICS, _item_runs
+    from pairuni.shapes.ablate import INTERVAL_METRICS, item_runs
     from pairuni.shapes.ablate_stats import paired_difference
 
     key, group_key = INTERVAL_METRICS[metric]
     runs = results.get("runs", {}).get(setting)
     if not runs or "base_evaluation" not in results:
         return None
-    items = _item_runs(runs, key)
-    base = _item_runs([{"evaluation": results["base_evaluation"]}], key)
+    items = item_runs(runs, key)
+    base = item_runs([{"evaluation": results["base_evaluation"]}], key)
     if items is None or base is None:
         return None
     groups = runs[0]["evaluation"][key].get(group_key) if group_key else None
