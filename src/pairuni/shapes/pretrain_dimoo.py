@@ -118,30 +118,22 @@ def vq_levels(config: PretrainConfig) -> int:
 
 
 def build_vq(config: PretrainConfig) -> Any:
-    """A random diffusers `VQModel` with the Janus base model's VQ capacity (32 channels per
-    level, `codebook_dim`-dimensional codes), DiMOO's settings otherwise."""
+    """A random diffusers `VQModel` (`amused_vq`, DiMOO's tokenizer class) with the Janus base
+    model's VQ capacity: 32 channels per level, `codebook_dim`-dimensional codes."""
     import torch
-    from diffusers import VQModel
 
-    levels = vq_levels(config)
+    from pairuni.policy.dimoo.tiny import amused_vq
+
     with torch.random.fork_rng(devices=[]):  # module inits draw from the global generator
         torch.manual_seed(config.seed)
-        return VQModel(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * levels,
-            up_block_types=("UpDecoderBlock2D",) * levels,
-            block_out_channels=(32,) * levels,
-            layers_per_block=1,
-            act_fn="silu",
+        return amused_vq(
+            levels=vq_levels(config),
+            channels=32,
             latent_channels=32,
-            vq_embed_dim=config.codebook_dim,
+            embed_dim=config.codebook_dim,
             sample_size=config.image_size,
-            num_vq_embeddings=config.codebook_size,
-            norm_num_groups=32,
-            mid_block_add_attention=False,
-            lookup_from_codebook=True,
-            force_upcast=True,
+            codebook_size=config.codebook_size,
+            norm_groups=32,
         )
 
 

@@ -242,32 +242,56 @@ def tokenizer_config() -> dict[str, Any]:
     }
 
 
+def amused_vq(
+    *,
+    levels: int,
+    channels: int,
+    latent_channels: int,
+    embed_dim: int,
+    sample_size: int,
+    codebook_size: int,
+    norm_groups: int,
+) -> Any:
+    """A random diffusers `VQModel` shaped like aMUSEd's, DiMOO's image tokenizer (DownEncoder /
+    UpDecoder blocks, one layer each, no mid-block attention, `lookup_from_codebook`):
+    `levels` blocks of `channels` channels, 2 ** (levels - 1) pixels per code. Its init draws
+    from torch's global generator: seed it (under `fork_rng`) around the call."""
+    from diffusers import VQModel
+
+    return VQModel(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=(channels,) * levels,
+        layers_per_block=1,
+        act_fn="silu",
+        latent_channels=latent_channels,
+        vq_embed_dim=embed_dim,
+        sample_size=sample_size,
+        num_vq_embeddings=codebook_size,
+        norm_num_groups=norm_groups,
+        mid_block_add_attention=False,
+        lookup_from_codebook=True,
+        force_upcast=True,
+    )
+
+
 def build_tiny_vq(
     seed: int, levels: int = 5, codebook_size: int = RELEASED["codebook_size"]
 ) -> Any:
-    """A diffusers `VQModel` shaped like aMUSEd's (DownEncoder / UpDecoder blocks, no mid-block
-    attention, `lookup_from_codebook`), 8 channels per level: 2 ** (levels - 1) downsampling.
-    The codebook is N(0, 1) rather than diffusers' U(+-1/n) so that encodings vary."""
-    from diffusers import VQModel
-
+    """`amused_vq` with 8 channels per level and 4-dimensional codes at 32 px. The codebook is
+    N(0, 1) rather than diffusers' U(+-1/n) so that encodings vary."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = VQModel(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * levels,
-            up_block_types=("UpDecoderBlock2D",) * levels,
-            block_out_channels=(8,) * levels,
-            layers_per_block=1,
-            act_fn="silu",
+        model = amused_vq(
+            levels=levels,
+            channels=8,
             latent_channels=4,
-            vq_embed_dim=4,
+            embed_dim=4,
             sample_size=32,
-            num_vq_embeddings=codebook_size,
-            norm_num_groups=4,
-            mid_block_add_attention=False,
-            lookup_from_codebook=True,
-            force_upcast=True,
+            codebook_size=codebook_size,
+            norm_groups=4,
         )
         with torch.no_grad():
             model.quantize.embedding.weight.normal_()
